@@ -1,0 +1,366 @@
+"""The ``lmforge`` command line: a thin typer layer. Each command parses options, builds one config (defaults <
+``--config`` file < flags < ``--set``), and calls one stage function. Bad input exits with code 2 and one message."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lmforge.config import (
+    ClassifyTrainConfig,
+    FinetuneClassifyConfig,
+    PretrainConfig,
+    PretrainTrainConfig,
+    TokenizerTrainConfig,
+    build_config,
+    field_help,
+)
+from lmforge.errors import LmforgeError
+
+app = typer.Typer(
+    name="lmforge",
+    help="From raw text to a served language model: tokenizer, pretraining, fine-tuning, evaluation, serving.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+datasets_app = typer.Typer(help="Bundled datasets.", no_args_is_help=True)
+tokenizer_app = typer.Typer(help="Train tokenizers.", no_args_is_help=True)
+finetune_app = typer.Typer(help="Fine-tune a model for a task.", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(tokenizer_app, name="tokenizer")
+app.add_typer(finetune_app, name="finetune")
+
+log = logging.getLogger("lmforge")
+_state = {"progress": True}
+
+# ------------------------------------------------------------------------------------- shared options
+ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="YAML config file (flags override it)")]
+SetOpt = Annotated[
+    Optional[list[str]], typer.Option("--set", help="override any config key, e.g. --set train.lr=3e-5 (repeatable)")
+]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace an existing output folder")]
+Resume = Annotated[bool, typer.Option("--resume", help="continue from the newest complete checkpoint")]
+MaxSteps = Annotated[Optional[int], typer.Option("--max-steps", help=field_help(PretrainTrainConfig, "max_steps"))]
+Epochs = Annotated[Optional[float], typer.Option("--epochs", help=field_help(PretrainTrainConfig, "epochs"))]
+MaxTime = Annotated[Optional[str], typer.Option("--max-time", help=field_help(PretrainTrainConfig, "max_time"))]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="examples per device per micro-batch")]
+LearningRate = Annotated[Optional[float], typer.Option("--lr", help="peak learning rate")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help=field_help(PretrainTrainConfig, "seed"))]
+
+
+def _train_flags(max_steps, epochs, max_time, batch_size, lr, seed) -> dict:
+    return {
+        "train.max_steps": (max_steps, "--max-steps"),
+        "train.epochs": (epochs, "--epochs"),
+        "train.max_time": (max_time, "--max-time"),
+        "train.batch_size": (batch_size, "--batch-size"),
+        "train.lr": (lr, "--lr"),
+        "train.seed": (seed, "--seed"),
+    }
+
+
+def _true_or_none(value: bool) -> bool | None:
+    return True if value else None
+
+
+def _echo_json(data) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+
+
+# ------------------------------------------------------------------------------------- commands
+@app.callback()
+def _root(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="only warnings and errors")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+) -> None:
+    _configure_logging(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    _state["progress"] = not quiet
+
+
+@datasets_app.command("list")
+def datasets_list(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """The bundled datasets: name, task, splits, size and license."""
+    from lmforge.data.readers import base_suffix
+    from lmforge.data.registry import BUNDLED, file_size
+
+    rows = []
+    for d in BUNDLED.values():
+        rows.append({
+            "name": d.name, "task": d.task, "splits": list(d.splits) if d.task != "pretraining" else ["train", *[s for s in d.splits if s != "train"]],
+            "size_kb": round(file_size(d) / 1024, 1), "license": d.license, "description": d.description,
+            "source": d.source,
+        })
+    if as_json:
+        _echo_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="bundled datasets (use the name, or name:split, wherever data is asked for)")
+    for column in ("name", "task", "splits", "size", "license", "description"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["name"], r["task"], ", ".join(r["splits"]), f"{r['size_kb']:,.0f} KB", r["license"],
+                      r["description"])
+    Console(width=200).print(table)
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(
+    corpus: Annotated[Optional[list[str]], typer.Option("--corpus", help="corpus files or bundled names (several allowed)")] = None,
+    kind: Annotated[Optional[str], typer.Option("--kind", help="wordpiece or bpe")] = None,
+    vocab_size: Annotated[Optional[int], typer.Option("--vocab-size", help=field_help(TokenizerTrainConfig, "vocab_size"))] = None,
+    lowercase: Annotated[Optional[bool], typer.Option("--lowercase/--no-lowercase", help=field_help(TokenizerTrainConfig, "lowercase"))] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help=field_help(TokenizerTrainConfig, "out"))] = None,
+    overwrite: Overwrite = False,
+    config: ConfigFile = None,
+    set_: SetOpt = None,
+) -> None:
+    """Train a WordPiece (BERT) or byte-level BPE (GPT) tokenizer on a corpus."""
+    import time
+
+    from lmforge.tokenizer import train_tokenizer
+
+    cfg = build_config(
+        TokenizerTrainConfig, file=config, sets=set_,
+        flags={"corpus": (corpus, "--corpus"), "kind": (kind, "--kind"), "vocab_size": (vocab_size, "--vocab-size"),
+               "lowercase": (lowercase, "--lowercase"), "out": (out, "--out"),
+               "overwrite": (_true_or_none(overwrite), "--overwrite")},
+    )
+    start = time.monotonic()
+    path = train_tokenizer(cfg)
+    from transformers import AutoTokenizer
+
+    size = len(AutoTokenizer.from_pretrained(path))
+    typer.echo(f"tokenizer ({cfg.kind}, {size:,} tokens) written to {path} in {time.monotonic() - start:.1f}s")
+
+
+@app.command()
+def pretrain(
+    objective: Annotated[Optional[str], typer.Option("--objective", help=field_help(PretrainConfig, "objective"))] = None,
+    corpus: Annotated[Optional[list[str]], typer.Option("--corpus", help="corpus files or bundled names (several allowed)")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help=field_help(PretrainConfig, "tokenizer"))] = None,
+    size: Annotated[Optional[str], typer.Option("--size", help="tiny, mini, small or base")] = None,
+    init: Annotated[Optional[str], typer.Option("--init", help=field_help(PretrainConfig, "init"))] = None,
+    seq_len: Annotated[Optional[int], typer.Option("--seq-len", help=field_help(PretrainConfig, "seq_len"))] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help=field_help(PretrainConfig, "out"))] = None,
+    max_steps: MaxSteps = None,
+    epochs: Epochs = None,
+    max_time: MaxTime = None,
+    batch_size: BatchSize = None,
+    lr: LearningRate = None,
+    seed: Seed = None,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+    config: ConfigFile = None,
+    set_: SetOpt = None,
+) -> None:
+    """Pretrain an encoder (mlm-nsp) or a decoder (clm) on raw text, from scratch or from --init."""
+    from lmforge.stages import pretrain as run_pretrain
+
+    cfg = build_config(
+        PretrainConfig, file=config, sets=set_,
+        flags={"objective": (objective, "--objective"), "corpus": (corpus, "--corpus"),
+               "tokenizer": (tokenizer, "--tokenizer"), "size": (size, "--size"), "init": (init, "--init"),
+               "seq_len": (seq_len, "--seq-len"), "out": (out, "--out"),
+               "resume": (_true_or_none(resume), "--resume"), "overwrite": (_true_or_none(overwrite), "--overwrite"),
+               **_train_flags(max_steps, epochs, max_time, batch_size, lr, seed)},
+    )
+    summary = run_pretrain(cfg, show_progress=_state["progress"])
+    _print_summary(summary)
+
+
+@finetune_app.command("classify")
+def finetune_classify_cmd(
+    model: Annotated[Optional[str], typer.Option("--model", help=field_help(FinetuneClassifyConfig, "model"))] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help=field_help(FinetuneClassifyConfig, "data"))] = None,
+    eval_: Annotated[Optional[str], typer.Option("--eval", help=field_help(FinetuneClassifyConfig, "eval"))] = None,
+    text_field: Annotated[Optional[str], typer.Option("--text-field", help=field_help(FinetuneClassifyConfig, "text_field"))] = None,
+    label_field: Annotated[Optional[str], typer.Option("--label-field", help=field_help(FinetuneClassifyConfig, "label_field"))] = None,
+    max_length: Annotated[Optional[int], typer.Option("--max-length", help=field_help(FinetuneClassifyConfig, "max_length"))] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help=field_help(FinetuneClassifyConfig, "out"))] = None,
+    max_steps: MaxSteps = None,
+    epochs: Epochs = None,
+    max_time: MaxTime = None,
+    batch_size: BatchSize = None,
+    lr: LearningRate = None,
+    seed: Seed = None,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+    config: ConfigFile = None,
+    set_: SetOpt = None,
+) -> None:
+    """Fine-tune a text classifier (sentiment, topic, spam, ...); the best checkpoint on dev data is kept."""
+    from lmforge.tasks.classify import finetune_classify
+
+    cfg = build_config(
+        FinetuneClassifyConfig, file=config, sets=set_,
+        flags={"model": (model, "--model"), "data": (data, "--data"), "eval": (eval_, "--eval"),
+               "text_field": (text_field, "--text-field"), "label_field": (label_field, "--label-field"),
+               "max_length": (max_length, "--max-length"), "out": (out, "--out"),
+               "resume": (_true_or_none(resume), "--resume"), "overwrite": (_true_or_none(overwrite), "--overwrite"),
+               **_train_flags(max_steps, epochs, max_time, batch_size, lr, seed)},
+    )
+    summary = finetune_classify(cfg, show_progress=_state["progress"])
+    _print_summary(summary)
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="run dir")],
+    data: Annotated[Optional[str], typer.Option("--data", help="labeled data: a file or bundled name[:split]")] = None,
+    text_field: Annotated[Optional[str], typer.Option("--text-field", help="text field (default: the run's)")] = None,
+    label_field: Annotated[Optional[str], typer.Option("--label-field", help="label field (default: the run's)")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="examples per forward pass")] = 64,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object of metrics on stdout")] = False,
+) -> None:
+    """Evaluate a run on labeled data; writes RUN/eval.json (and plots)."""
+    from lmforge.evaluation.evaluate import evaluate_run
+
+    result = evaluate_run(run, data, text_field=text_field, label_field=label_field, batch_size=batch_size)
+    if as_json:
+        _echo_json(result)
+        return
+    _print_eval(result)
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="run dir")],
+    texts: Annotated[Optional[list[str]], typer.Argument(help="texts to classify")] = None,
+    input_: Annotated[Optional[str], typer.Option("--input", help="a .jsonl/.csv/.tsv/.parquet file of texts")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="write JSON lines here instead of stdout")] = None,
+    text_field: Annotated[str, typer.Option("--text-field", help="text field of --input rows")] = "text",
+    overwrite: Overwrite = False,
+) -> None:
+    """Predict with a run: one JSON object per input (label, score, probabilities) on stdout or in --output."""
+    from lmforge.errors import DataError
+    from lmforge.inference import load
+
+    if bool(texts) == bool(input_):
+        raise LmforgeError("give texts as arguments or --input FILE (one of the two)",
+                           fix='lmforge predict RUN "a text"   or   lmforge predict RUN --input texts.jsonl')
+    if output is not None and output.exists() and not overwrite:
+        raise DataError(f"'{output}' exists", fix="pass --overwrite to replace it, or choose another --output")
+    if input_:
+        from lmforge.data.labeled import load_text_label
+
+        texts = load_text_label(input_, text_field, None).texts
+    pipeline = load(run)
+    results = [{"text": t, **r} for t, r in zip(texts, pipeline.predict(texts))]
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
+    if output is None:
+        sys.stdout.write(lines)
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(lines, encoding="utf-8")
+        typer.echo(f"{len(results)} predictions written to {output}", err=True)
+
+
+# ------------------------------------------------------------------------------------- output helpers
+def _print_summary(summary: dict) -> None:
+    parts = [f"run: {summary['run']}", f"steps: {summary['steps']}", f"epochs: {summary['epochs']}",
+             f"time: {summary['elapsed_s']}s", f"stopped by: {summary['stopped_by']}"]
+    typer.echo("  ".join(parts))
+    if summary.get("last_eval"):
+        typer.echo("last eval: " + "  ".join(f"{k} {v:.4f}" for k, v in summary["last_eval"].items()))
+    best = summary.get("best") or {}
+    if best.get("value") is not None:
+        typer.echo(f"kept model/: best {best['metric']} {best['value']:.4f} at step {best['step']}")
+
+
+def _print_eval(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if result.get("task") == "classify":
+        base = result["baseline"]
+        console.print(
+            f"[bold]{result['data']}[/]  n={result['n']}  accuracy [bold]{result['accuracy']:.4f}[/]  "
+            f"macro-F1 [bold]{result['macro_f1']:.4f}[/]   (majority '{base['majority_label']}': accuracy "
+            f"{base['accuracy']:.4f}, macro-F1 {base['macro_f1']:.4f})"
+        )
+        table = Table("label", "precision", "recall", "f1", "support")
+        for label, m in result["per_class"].items():
+            table.add_row(label, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
+        console.print(table)
+    else:
+        console.print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+    console.print(f"written: {Path(result['run']) / 'eval.json'}")
+
+
+# ------------------------------------------------------------------------------------- entry point
+MULTI_VALUE_FLAGS = ("--corpus",)
+
+
+def expand_multi_value(argv: list[str]) -> list[str]:
+    """Let ``--corpus a.txt b.txt`` mean ``--corpus a.txt --corpus b.txt`` (click options take one value each)."""
+    out: list[str] = []
+    current = None
+    for arg in argv:
+        if arg in MULTI_VALUE_FLAGS:
+            current = arg
+            out.append(arg)
+            continue
+        if arg.startswith("-"):
+            current = None
+        elif current and out and out[-1] != current:
+            out.append(current)
+        out.append(arg)
+    return out
+
+
+def _configure_logging(level: int) -> None:
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("lmforge")
+    logger.handlers.clear()
+    handler = RichHandler(show_time=False, show_path=False, markup=False, rich_tracebacks=False,
+                          console=__import__("rich.console", fromlist=["Console"]).Console(stderr=True))
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def report_error(exc: BaseException) -> None:
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False)
+    console.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True) if not isinstance(exc, LmforgeError) else \
+        console.print("[bold red]error:[/] " + _escape(str(exc)), soft_wrap=True)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = expand_multi_value(list(sys.argv[1:] if argv is None else argv))
+    try:
+        app(args=args, prog_name="lmforge", standalone_mode=True)
+    except LmforgeError as exc:
+        report_error(exc)
+        sys.exit(exc.exit_code)
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        report_error(LmforgeError(f"{exc.strerror or exc}: {exc.filename}", fix="check the path and its permissions"))
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

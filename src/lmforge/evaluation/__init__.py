@@ -1,0 +1,1 @@
+"""Metrics (accuracy, F1, perplexity, ...) and plots (loss curve, confusion matrix)."""

@@ -1,0 +1,9 @@
+"""Inference pipelines: ``lmforge.load(RUN)`` returns the pipeline for the run's task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lmforge.inference.pipelines import Pipeline, load
+
+__all__ = ["Pipeline", "load"]

@@ -1,0 +1,143 @@
+"""Task pipelines over a run dir (or any HF folder): the same code answers the CLI, the Python API and the server."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmforge.data.batching import pad_batch, sorted_batches
+from lmforge.errors import LmforgeError, ModelLoadError
+from lmforge.rundir import RUN_FILE, RunDir
+
+log = logging.getLogger("lmforge")
+
+
+class InputTooLong(LmforgeError):
+    """An input is longer than the model accepts and the caller did not ask for truncation."""
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Pipeline:
+    task: str = ""
+
+    def __init__(self, model_dir: Path, *, name: str | None = None, info: dict | None = None, device: str | None = None):
+        self.model_dir = Path(model_dir)
+        self.name = name or self.model_dir.name
+        self.info = info or {}
+        self.device = torch.device(device) if device else default_device()
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "task": self.task}
+
+
+class ClassificationPipeline(Pipeline):
+    task = "classify"
+
+    def __init__(self, model_dir: Path, **kwargs: Any) -> None:
+        super().__init__(model_dir, **kwargs)
+        from transformers import AutoModelForSequenceClassification
+
+        from lmforge.models import from_pretrained, load_tokenizer
+
+        self.tokenizer = load_tokenizer(self.model_dir)
+        self.model = from_pretrained(AutoModelForSequenceClassification, self.model_dir, attn_implementation="sdpa")
+        self.model.to(self.device).eval()
+        config = self.model.config
+        self.labels = [config.id2label[i] for i in range(config.num_labels)]
+        configured = (self.info.get("config") or {}).get("max_length")
+        limit = min(int(self.tokenizer.model_max_length or 512), config.max_position_embeddings)
+        self.max_length = min(int(configured), limit) if configured else limit
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "labels": self.labels, "max_length": self.max_length}
+
+    def encode(self, texts: list[str], *, truncate: bool = True) -> list[list[int]]:
+        if truncate:
+            return self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        ids = self.tokenizer(texts, truncation=False)["input_ids"]
+        too_long = [(i, len(x)) for i, x in enumerate(ids) if len(x) > self.max_length]
+        if too_long:
+            raise InputTooLong(
+                f"{len(too_long)} input{'s' if len(too_long) > 1 else ''} longer than the model's "
+                f"{self.max_length} tokens",
+                problems=[f"input {i}: {n} tokens" for i, n in too_long],
+                fix="shorten the text, or ask for truncation",
+            )
+        return ids
+
+    @torch.inference_mode()
+    def logits(self, texts: list[str], *, batch_size: int = 64, truncate: bool = True) -> np.ndarray:
+        encoded = self.encode(texts, truncate=truncate)
+        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        pad_id = self.tokenizer.pad_token_id or 0
+        for index in sorted_batches([len(x) for x in encoded], batch_size):
+            ids, mask = pad_batch([encoded[i] for i in index], pad_id)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            out[index] = logits.float().cpu().numpy()
+        return out
+
+    def predict(self, texts: str | list[str], *, batch_size: int = 64, truncate: bool = True) -> list[dict]:
+        """Per text: ``{"label", "score", "probabilities": {label: p}}`` (the API's response items)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not texts:
+            return []
+        logits = self.logits(list(texts), batch_size=batch_size, truncate=truncate)
+        probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+        results = []
+        for row in probs:
+            best = int(row.argmax())
+            results.append(
+                {
+                    "label": self.labels[best],
+                    "score": float(row[best]),
+                    "probabilities": {label: float(p) for label, p in zip(self.labels, row)},
+                }
+            )
+        return results
+
+
+PIPELINES: dict[str, type[Pipeline]] = {"classify": ClassificationPipeline}
+
+
+def _task_from_architecture(model_dir: Path) -> str:
+    import json
+
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    archs = " ".join(config.get("architectures") or [])
+    if "SequenceClassification" in archs:
+        return "classify"
+    if "CausalLM" in archs or "LMHeadModel" in archs:
+        return "generate"
+    return "unknown"
+
+
+def load(run: str | Path, *, name: str | None = None, device: str | None = None) -> Pipeline:
+    """Load a run dir (or an HF model folder) as the pipeline for its task."""
+    root = Path(run)
+    if (root / RUN_FILE).exists():
+        rd = RunDir.open(root)
+        info = rd.info()
+        task, model_dir = info.get("task", "unknown"), rd.model_dir
+    else:
+        from lmforge.models import resolve_model_path
+
+        model_dir = Path(resolve_model_path(run))
+        if not model_dir.is_dir():
+            raise ModelLoadError(f"'{run}' is not a local run dir or model folder", fix="give a run dir")
+        info, task = {}, _task_from_architecture(model_dir)
+    cls = PIPELINES.get(task)
+    if cls is None:
+        raise ModelLoadError(
+            f"'{run}' is a {task} model, which has no inference pipeline yet",
+            fix=f"pipelines exist for: {', '.join(PIPELINES)}",
+        )
+    return cls(model_dir, name=name or root.name, info=info, device=device)

@@ -1,0 +1,122 @@
+"""Train subword tokenizers with the ``tokenizers`` library and save them as ``PreTrainedTokenizerFast`` folders.
+
+WordPiece follows BERT (``[CLS] A [SEP] B [SEP]``, optional lowercasing); byte-level BPE follows GPT-2 (no unknown
+tokens, ``<|endoftext|>`` as BOS/EOS) plus ``<|pad|>`` and the chat markers ``<|im_start|>``/``<|im_end|>`` so a
+chat template needs no vocabulary surgery later. Training streams lines from the files; nothing is held in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from lmforge.config import TokenizerTrainConfig
+from lmforge.data.readers import iter_corpus_lines, resolve
+from lmforge.errors import DataError
+from lmforge.rundir import prepare_output_dir
+
+log = logging.getLogger(__name__)
+
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+GPT_EOS = "<|endoftext|>"
+GPT_PAD = "<|pad|>"
+CHAT_MARKERS = ["<|im_start|>", "<|im_end|>"]
+GPT_SPECIALS = [GPT_EOS, GPT_PAD, *CHAT_MARKERS]
+
+
+def corpus_files(specs: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for spec in specs:
+        files.extend(resolve(spec).files)
+    return files
+
+
+def _build_wordpiece(lowercase: bool):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return tok
+
+
+def _bert_post_processor(tok):
+    from tokenizers import processors
+
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    return processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+
+
+def _build_bpe(lowercase: bool):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    tok = Tokenizer(models.BPE())
+    if lowercase:
+        tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return tok
+
+
+def train_tokenizer(config: TokenizerTrainConfig) -> Path:
+    """Train a tokenizer on the corpus and write a folder ``AutoTokenizer.from_pretrained`` loads."""
+    from tokenizers import pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    files = corpus_files(config.corpus)
+    out = prepare_output_dir(config.out, overwrite=config.overwrite, kind="tokenizer")
+    lowercase = config.lowercase if config.lowercase is not None else config.kind == "wordpiece"
+    if config.kind == "wordpiece":
+        tok = _build_wordpiece(lowercase)
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=config.vocab_size,
+            min_frequency=config.min_frequency,
+            special_tokens=BERT_SPECIALS,
+            continuing_subword_prefix="##",
+            show_progress=False,
+        )
+    else:
+        tok = _build_bpe(lowercase)
+        trainer = trainers.BpeTrainer(
+            vocab_size=config.vocab_size,
+            min_frequency=config.min_frequency,
+            special_tokens=GPT_SPECIALS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+    lines = iter_corpus_lines(files)
+    tok.train_from_iterator(lines, trainer=trainer)
+    if tok.get_vocab_size() <= len(trainer.special_tokens):
+        raise DataError(f"the corpus {', '.join(config.corpus)} has no text to learn a vocabulary from")
+    if config.kind == "wordpiece":
+        tok.post_processor = _bert_post_processor(tok)
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            unk_token="[UNK]",
+            pad_token="[PAD]",
+            cls_token="[CLS]",
+            sep_token="[SEP]",
+            mask_token="[MASK]",
+            do_lower_case=lowercase,
+            model_max_length=config.max_length,
+            model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+        )
+    else:
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            bos_token=GPT_EOS,
+            eos_token=GPT_EOS,
+            unk_token=GPT_EOS,
+            pad_token=GPT_PAD,
+            additional_special_tokens=CHAT_MARKERS,
+            model_max_length=config.max_length,
+        )
+    fast.save_pretrained(out)
+    log.info("tokenizer with %d tokens written to %s", tok.get_vocab_size(), out)
+    return out

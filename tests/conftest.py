@@ -1,0 +1,125 @@
+"""Shared fixtures: real data subsets and tiny models built in code. Nothing here reaches the network."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+BUNDLED = Path(__file__).resolve().parents[1] / "src" / "lmforge" / "data" / "bundled"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    os.environ["LMFORGE_CACHE"] = str(tmp_path_factory.mktemp("lmforge-cache"))
+    yield
+
+
+def read_jsonl_gz(path: Path, limit: int | None = None) -> list[dict]:
+    rows = []
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            rows.append(json.loads(line))
+            if limit and len(rows) >= limit:
+                break
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """About 60k words of real text: Austen chapters and fortunes, blank-line separated documents."""
+    out = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    docs: list[str] = []
+    with gzip.open(BUNDLED / "corpus" / "austen.txt.gz", "rt", encoding="utf-8") as fh:
+        text = fh.read()
+    docs += text.split("\n\n")[:12]
+    with gzip.open(BUNDLED / "corpus" / "fortunes.txt.gz", "rt", encoding="utf-8") as fh:
+        docs += fh.read().split("\n\n")[:300]
+    out.write_text("\n\n".join(d.strip() for d in docs if d.strip()) + "\n", encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="session")
+def wordpiece_dir(tiny_corpus, tmp_path_factory) -> Path:
+    from lmforge.config import TokenizerTrainConfig
+    from lmforge.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("tok") / "wordpiece"
+    return train_tokenizer(TokenizerTrainConfig(corpus=[str(tiny_corpus)], kind="wordpiece", vocab_size=600, out=out))
+
+
+@pytest.fixture(scope="session")
+def sentiment_files(tmp_path_factory) -> dict[str, Path]:
+    """Real movie-review rows: 240 train, 60 dev, 60 test."""
+    folder = tmp_path_factory.mktemp("sentiment")
+    src = BUNDLED / "movie-reviews"
+    return {
+        "train": write_jsonl(folder / "train.jsonl", read_jsonl_gz(src / "movie_reviews.train.jsonl.gz", 240)),
+        "dev": write_jsonl(folder / "dev.jsonl", read_jsonl_gz(src / "movie_reviews.dev.jsonl.gz", 60)),
+        "test": write_jsonl(folder / "test.jsonl", read_jsonl_gz(src / "movie_reviews.test.jsonl.gz", 60)),
+    }
+
+
+TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(wordpiece_dir, tmp_path_factory) -> Path:
+    """A randomly initialised BERT (hidden 32, 2 layers) with MLM+NSP heads, saved as an HF folder."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForPreTraining
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(wordpiece_dir)
+    model = BertForPreTraining(BertConfig(vocab_size=len(tok), max_position_embeddings=128, **TINY_BERT))
+    out = tmp_path_factory.mktemp("models") / "tiny-bert"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the real CLI entry point in-process; returns exit code, stdout and stderr."""
+    from lmforge.cli import main
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        code = 0
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def python_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lmforge", *args]
