@@ -110,8 +110,8 @@ def evaluate_logits(model: torch.nn.Module, encoded: list[list[int]], label_ids:
     }
 
 
-def finetune_classify(config: FinetuneClassifyConfig, *, show_progress: bool = True) -> dict:
-    """Fine-tune a classifier; returns a summary (run dir, steps, dev metrics of the kept model)."""
+def prepare_classify(config: FinetuneClassifyConfig) -> tuple[TaskSpec, RunDir]:
+    """Validate inputs, write the run dir's config, build the model and batches: everything but the training."""
     from transformers import AutoModelForSequenceClassification
 
     from lmforge.models import from_pretrained, load_tokenizer, resolve_model_path
@@ -173,6 +173,12 @@ def finetune_classify(config: FinetuneClassifyConfig, *, show_progress: bool = T
         greater_is_better=config.best_metric != "loss",
         count_tokens=lambda b: int(b["attention_mask"].sum()),
     )
+    return task, run
+
+
+def finetune_classify(config: FinetuneClassifyConfig, *, show_progress: bool = True) -> dict:
+    """Fine-tune a classifier; returns a summary (run dir, steps, dev metrics of the kept model)."""
+    task, run = prepare_classify(config)
     result: TrainResult = train(task, config.train, run, resume=config.resume, show_progress=show_progress)
     return {"run": str(run.root), "steps": result.steps, "epochs": result.epochs, "elapsed_s": round(result.elapsed, 1),
             "stopped_by": result.stopped_by, "best": result.best, "last_eval": result.last_eval}

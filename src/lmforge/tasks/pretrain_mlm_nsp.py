@@ -277,7 +277,8 @@ def resolve_tokenizer(config: PretrainConfig):
     return load_tokenizer(spec), spec
 
 
-def pretrain_mlm_nsp(config: PretrainConfig, *, show_progress: bool = True) -> dict:
+def prepare_pretraining(config: PretrainConfig) -> tuple[TaskSpec, RunDir, int]:
+    """Validate inputs, build the token cache, the run dir and the model: everything but the training itself."""
     from transformers import BertForPreTraining
 
     from lmforge.models import SCRATCH_LR, build_bert_pretraining, from_pretrained
@@ -339,6 +340,11 @@ def pretrain_mlm_nsp(config: PretrainConfig, *, show_progress: bool = True) -> d
         count_tokens=lambda b: int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel(),
         eval_times=10,
     )
+    return task, run, n_params
+
+
+def pretrain_mlm_nsp(config: PretrainConfig, *, show_progress: bool = True) -> dict:
+    task, run, n_params = prepare_pretraining(config)
     result = train(task, config.train, run, resume=config.resume, show_progress=show_progress)
     return {"run": str(run.root), "steps": result.steps, "epochs": result.epochs, "elapsed_s": round(result.elapsed, 1),
             "stopped_by": result.stopped_by, "last_eval": result.last_eval, "parameters": n_params}

@@ -57,6 +57,7 @@ class TaskSpec:
     count_tokens: Callable[[dict], int] | None = None
     count_examples: Callable[[dict], int] = lambda b: int(next(iter(b.values())).shape[0])
     eval_times: int | None = None  # with no eval_every: evaluate this many times per run (else at epoch ends)
+    on_step: Callable[[int, int], None] | None = None  # (step, tokens in the step) after each optimizer step
 
 
 @dataclass
@@ -228,6 +229,7 @@ def train(task: TaskSpec, cfg: TrainConfig, run: RunDir, *, resume: bool = False
     window = {"loss": torch.zeros((), device=device), "n": 0, "tokens": 0, "examples": 0, "t": time.monotonic()}
     stopped_by = "max_steps" if cfg.max_steps else "epochs"
     micro = 0
+    step_tokens = 0
     progress_start = step
     done = step >= total_steps
     try:
@@ -242,14 +244,16 @@ def train(task: TaskSpec, cfg: TrainConfig, run: RunDir, *, resume: bool = False
             for batch in loader:
                 position += 1
                 micro += 1
-                if task.count_tokens:
-                    window["tokens"] += task.count_tokens(batch)
+                batch_tokens = task.count_tokens(batch) if task.count_tokens else 0  # on CPU tensors: no sync
+                window["tokens"] += batch_tokens
+                step_tokens += batch_tokens
                 window["examples"] += task.count_examples(batch)
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 sync = micro % cfg.grad_accum == 0
                 context = accelerator.no_sync(model) if (not sync and world > 1) else contextlib.nullcontext()
-                with context, accelerator.autocast():
-                    loss = model(**batch).loss / cfg.grad_accum
+                with context:
+                    with accelerator.autocast():
+                        loss = model(**batch).loss / cfg.grad_accum
                     accelerator.backward(loss)
                 window["loss"] += loss.detach()
                 if not sync:
@@ -263,6 +267,9 @@ def train(task: TaskSpec, cfg: TrainConfig, run: RunDir, *, resume: bool = False
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 window["n"] += 1
+                if task.on_step:
+                    task.on_step(step, step_tokens)
+                    step_tokens = 0
 
                 if step % cfg.log_every == 0 or step == total_steps:
                     now = time.monotonic()

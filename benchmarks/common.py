@@ -1,0 +1,64 @@
+"""Shared timing for the side-by-side benchmarks: lmforge and the plain Hugging Face way, same model, data, hardware."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+OUT = Path(__file__).parent / "out"
+
+
+class StepClock:
+    """Timestamps after each optimizer step; throughput is measured after ``warmup`` steps."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.times: list[float] = []
+        self.tokens: list[int] = []
+        self.examples: list[int] = []
+
+    def tick(self, tokens: int, examples: int = 0) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter())
+        self.tokens.append(tokens)
+        self.examples.append(examples)
+
+    def rate(self) -> dict[str, float]:
+        w = self.warmup
+        if len(self.times) <= w + 1:
+            raise RuntimeError("too few steps timed")
+        span = self.times[-1] - self.times[w]
+        return {
+            "steps": len(self.times) - w - 1,
+            "seconds": span,
+            "tokens_per_s": sum(self.tokens[w + 1 :]) / span,
+            "examples_per_s": sum(self.examples[w + 1 :]) / span,
+        }
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()})"
+
+
+def report(name: str, unit: str, ours: dict, theirs: dict, extra: dict) -> dict:
+    ratio = ours[unit] / theirs[unit]
+    print(f"\n== {name} on {hardware()}")
+    for key, value in extra.items():
+        print(f"   {key}: {value}")
+    print(f"   {'':28s} {unit:>16s}  steps  seconds")
+    print(f"   {'Hugging Face Trainer':28s} {theirs[unit]:16.1f}  {theirs['steps']:5d}  {theirs['seconds']:7.1f}")
+    print(f"   {'lmforge':28s} {ours[unit]:16.1f}  {ours['steps']:5d}  {ours['seconds']:7.1f}")
+    print(f"   ratio lmforge / Trainer: {ratio:.2f}x")
+    OUT.mkdir(exist_ok=True)
+    result = {"benchmark": name, "hardware": hardware(), "unit": unit, "lmforge": ours, "trainer": theirs,
+              "ratio": ratio, **extra, "torch": torch.__version__}
+    (OUT / f"{name}.json").write_text(json.dumps(result, indent=2))
+    return result
