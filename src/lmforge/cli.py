@@ -266,6 +266,80 @@ def predict(
         typer.echo(f"{len(results)} predictions written to {output}", err=True)
 
 
+@app.command()
+def serve(
+    runs: Annotated[list[str], typer.Argument(help="run dirs to serve (RUN or name=RUN)")],
+    host: Annotated[str, typer.Option("--host", help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="port to listen on")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="LMFORGE_API_KEY",
+                                                   help="require 'Authorization: Bearer KEY' on /v1 routes")] = None,
+    cors_origin: Annotated[Optional[list[str]], typer.Option("--cors-origin", help="allow this origin (repeatable)")] = None,
+    max_in_flight: Annotated[int, typer.Option("--max-in-flight", help="requests at once; more get 429")] = 64,
+    micro_batch: Annotated[bool, typer.Option("--micro-batch/--no-micro-batch", help="gather concurrent requests")] = True,
+    batch_wait_ms: Annotated[float, typer.Option("--batch-wait-ms", help="wait this long to gather a batch")] = 5.0,
+    shutdown_delay: Annotated[float, typer.Option("--shutdown-delay", help="seconds not-ready before closing on SIGTERM")] = 0.0,
+) -> None:
+    """Serve runs as a REST API (task routes + OpenAI-compatible) with a web UI at /."""
+    from lmforge.serve.run import serve as run_server
+    from lmforge.serve.settings import ServeSettings
+
+    specs = check_servable(runs)
+    check_port_free(host, port)
+    settings = ServeSettings(host=host, port=port, api_key=api_key, cors_origins=cors_origin or [],
+                             max_in_flight=max_in_flight, micro_batch=micro_batch, batch_wait_ms=batch_wait_ms,
+                             shutdown_delay_s=shutdown_delay)
+    run_server(specs, settings, on_started=lambda url: typer.echo(
+        f"lmforge is serving {len(specs)} model(s) at {url}  (web UI: {url}/, API docs: {url}/docs); Ctrl+C stops it"))
+
+
+def check_servable(runs: list[str]) -> list[str]:
+    from lmforge.inference.pipelines import PIPELINES
+    from lmforge.rundir import RunDir
+    from lmforge.serve.registry import parse_model_specs
+
+    for name, path in parse_model_specs(runs):
+        info = RunDir.open(path).info()
+        if info.get("task") not in PIPELINES:
+            raise LmforgeError(f"run '{path}' is a {info.get('task')} run, which cannot be served",
+                               fix=f"serve runs of these tasks: {', '.join(PIPELINES)}")
+    return runs
+
+
+def check_port_free(host: str, port: int) -> None:
+    import socket
+
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise LmforgeError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                               fix="choose another --port, or stop what is using it") from None
+
+
+@app.command()
+def quickstart(
+    from_scratch: Annotated[bool, typer.Option("--from-scratch", help="train a tokenizer and pretrain a tiny BERT first")] = False,
+    no_serve: Annotated[bool, typer.Option("--no-serve", help="stop after the report")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="run dir (default: runs/quickstart-<time>)")] = None,
+    max_time: Annotated[Optional[str], typer.Option("--max-time", help="fine-tuning budget (default: 2m30s on CPU)")] = None,
+    host: Annotated[str, typer.Option("--host", help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="port (the next free one is used if taken)")] = 8000,
+) -> None:
+    """The main job: fine-tune the embedded encoder on movie reviews, evaluate, report, and serve API + web UI."""
+    from lmforge.config import parse_duration
+    from lmforge.quickstart import quickstart as run_quickstart
+
+    try:
+        budget = parse_duration(max_time) if max_time else None
+    except ValueError as exc:
+        raise LmforgeError(str(exc), where="--max-time") from None
+    run_quickstart(from_scratch=from_scratch, serve=not no_serve, out=out, max_time=budget, host=host, port=port,
+                   show_progress=_state["progress"], echo=typer.echo)
+
+
 # ------------------------------------------------------------------------------------- output helpers
 def _print_summary(summary: dict) -> None:
     parts = [f"run: {summary['run']}", f"steps: {summary['steps']}", f"epochs: {summary['epochs']}",

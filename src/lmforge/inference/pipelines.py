@@ -20,6 +20,17 @@ class InputTooLong(LmforgeError):
     """An input is longer than the model accepts and the caller did not ask for truncation."""
 
 
+def check_lengths(lengths: list[int], limit: int) -> None:
+    too_long = [(i, n) for i, n in enumerate(lengths) if n > limit]
+    if too_long:
+        raise InputTooLong(
+            f"{len(too_long)} input{'s are' if len(too_long) > 1 else ' is'} longer than the model's {limit} tokens: "
+            + ", ".join(f"input {i} has {n}" for i, n in too_long[:5])
+            + (" ..." if len(too_long) > 5 else ""),
+            fix="shorten the text, or send \"truncate\": true to cut it to the model's max length",
+        )
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -62,15 +73,12 @@ class ClassificationPipeline(Pipeline):
         if truncate:
             return self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
         ids = self.tokenizer(texts, truncation=False)["input_ids"]
-        too_long = [(i, len(x)) for i, x in enumerate(ids) if len(x) > self.max_length]
-        if too_long:
-            raise InputTooLong(
-                f"{len(too_long)} input{'s' if len(too_long) > 1 else ''} longer than the model's "
-                f"{self.max_length} tokens",
-                problems=[f"input {i}: {n} tokens" for i, n in too_long],
-                fix="shorten the text, or ask for truncation",
-            )
+        check_lengths([len(x) for x in ids], self.max_length)
         return ids
+
+    def check_lengths(self, texts: list[str]) -> None:
+        """Raise InputTooLong naming every input over the model's max length (in tokens)."""
+        check_lengths([len(x) for x in self.tokenizer(texts, truncation=False)["input_ids"]], self.max_length)
 
     @torch.inference_mode()
     def logits(self, texts: list[str], *, batch_size: int = 64, truncate: bool = True) -> np.ndarray:

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+
+from lmforge.serve.deps import ApiKey, Ready, Registry
+from lmforge.serve.registry import ServedModel
+from lmforge.serve.schemas import ERRORS, ModelCard, ModelDetail, ModelList
+
+router = APIRouter(prefix="/v1", tags=["models"], dependencies=[ApiKey, Ready])
+
+
+def _card(served: ServedModel) -> dict:
+    described = served.pipeline.describe()
+    return {"id": served.name, "created": served.created, "task": served.task,
+            "labels": described.get("labels"), "max_length": described.get("max_length"),
+            "metrics": _metrics(served)}
+
+
+def _metrics(served: ServedModel) -> dict | None:
+    from lmforge.rundir import RunDir
+
+    result = RunDir(served.path).eval_results()
+    if not result:
+        return None
+    keep = ("data", "accuracy", "macro_f1", "n", "perplexity", "loss", "mlm_accuracy", "nsp_accuracy", "per_class",
+            "baseline", "parse_rate", "chrf", "pass_at_1", "evaluated")
+    return {k: result[k] for k in keep if k in result}
+
+
+@router.get("/models", response_model=ModelList, summary="the loaded models (OpenAI-compatible list)",
+            responses={k: ERRORS[k] for k in (401, 503)})
+def list_models(registry: Registry) -> dict:
+    return {"object": "list", "data": [_card(m) for m in registry.models.values()]}
+
+
+@router.get("/models/{name}", response_model=ModelDetail, summary="one model: card, metrics and training curve",
+            responses={k: ERRORS[k] for k in (401, 404, 503)})
+def model_detail(name: str, registry: Registry) -> dict:
+    from lmforge.rundir import RunDir
+    from lmforge.training.logging import read_metrics
+
+    served = registry.models.get(name)
+    if served is None:
+        raise HTTPException(404, f"model '{name}' not found; loaded: {', '.join(registry.models)}")
+    run = RunDir(served.path)
+    records = read_metrics(run.metrics_path)
+    train = [[r["step"], r["loss"]] for r in records if "loss" in r]
+    stride = max(1, len(train) // 200)
+    evals = [r for r in records if "eval" in r]
+    metric = next((k for k in ("accuracy", "perplexity", "loss") if evals and k in evals[-1]["eval"]), None)
+    info = run.info() if run.config_path.exists() else {}
+    return {**_card(served), "curve": train[::stride], "eval_metric": metric,
+            "eval_curve": [[r["step"], r["eval"][metric]] for r in evals] if metric else [],
+            "config": {k: info.get(k) for k in ("stage", "task", "created", "labels") if k in info} or None}

@@ -1,0 +1,25 @@
+"""Server settings (pydantic-settings): flags of ``lmforge serve`` or ``LMFORGE_*`` environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LMFORGE_", extra="forbid")
+
+    host: str = Field("127.0.0.1", description="address to bind; 127.0.0.1 keeps the server local")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on (0: any free port)")
+    api_key: str | None = Field(None, description="require 'Authorization: Bearer KEY' on /v1 routes")
+    cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS (off when empty)")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="largest request body (413 above)")
+    max_batch_inputs: int = Field(64, ge=1, description="most inputs in one request (422 above)")
+    max_input_chars: int = Field(20_000, ge=1, description="longest input text in characters (422 above)")
+    max_in_flight: int = Field(64, ge=1, description="requests served at once; more get 429 with Retry-After")
+    micro_batch: bool = Field(True, description="gather concurrent requests into one forward pass")
+    batch_max_inputs: int = Field(32, ge=1, description="most inputs gathered into one forward pass")
+    batch_wait_ms: float = Field(5.0, ge=0, description="how long to wait for more requests to gather")
+    shutdown_delay_s: float = Field(0.0, ge=0, description="after SIGTERM: report not-ready this long before closing")
+    max_new_tokens: int = Field(512, ge=1, description="cap on tokens generated per request")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="cap on prompt tokens (default: the model's context)")

@@ -1,0 +1,427 @@
+// lmforge web UI: plain JavaScript, no build step. Talks to the same server's REST API.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+const state = {
+  models: [],
+  key: localStorage.getItem("lmforge.key") || "",
+  history: JSON.parse(localStorage.getItem("lmforge.history") || "[]"),
+  ready: false,
+  chat: [],
+  abort: null,
+};
+
+// ------------------------------------------------------------------ API
+class ApiError extends Error {
+  constructor(status, detail) {
+    super(detail);
+    this.status = status;
+    this.detail = detail;
+  }
+}
+
+function headers(json = true) {
+  const h = {};
+  if (json) h["Content-Type"] = "application/json";
+  if (state.key) h["Authorization"] = "Bearer " + state.key;
+  return h;
+}
+
+async function api(path, options = {}) {
+  let response;
+  try {
+    response = await fetch(path, { ...options, headers: { ...headers(!!options.body), ...(options.headers || {}) } });
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    offline(true);
+    throw new ApiError(0, "Cannot reach the lmforge server. Is `lmforge serve` still running?");
+  }
+  offline(false);
+  if (!response.ok) throw new ApiError(response.status, await errorDetail(response));
+  return response;
+}
+
+async function errorDetail(response) {
+  let text = "";
+  try {
+    text = await response.text();
+    const body = JSON.parse(text);
+    if (typeof body.detail === "string") return body.detail;
+    if (body.error && body.error.message) return body.error.message;
+    if (body.detail) return JSON.stringify(body.detail);
+  } catch (_) { /* not JSON */ }
+  return `${response.status} ${response.statusText}${text ? ": " + text.slice(0, 200) : ""}`;
+}
+
+function explain(err) {
+  if (err.status === 401) return "The server needs an API key (401). Set it with the “API key” button.";
+  if (err.status === 429) return "The server is busy (429). Try again in a moment.";
+  if (err.status === 503) return "The server is not ready yet (503): " + err.detail;
+  return err.status ? `${err.detail} (${err.status})` : err.detail || String(err);
+}
+
+// ------------------------------------------------------------------ status and errors
+function offline(isOffline) {
+  const banner = $("#banner");
+  if (isOffline) {
+    banner.textContent = `Cannot reach the lmforge server at ${location.origin}. Is \`lmforge serve\` still running? Retrying…`;
+    banner.hidden = false;
+    setStatus("offline", "bad");
+  } else if (!banner.dataset.sticky) {
+    banner.hidden = true;
+  }
+}
+
+function setStatus(text, kind) {
+  const el = $("#status");
+  el.textContent = text;
+  el.className = "pill pill-" + kind;
+}
+
+function showError(el, message) {
+  el.textContent = message;
+  el.hidden = !message;
+}
+
+async function pollReady() {
+  try {
+    const response = await fetch("/health/ready");
+    offline(false);
+    if (response.ok) {
+      if (!state.ready) {
+        state.ready = true;
+        setStatus("ready", "ok");
+        await loadModels();
+      }
+    } else {
+      state.ready = false;
+      setStatus(response.status === 503 ? "loading models…" : "not ready", "wait");
+    }
+  } catch (_) {
+    state.ready = false;
+    offline(true);
+  }
+  setTimeout(pollReady, state.ready ? 10000 : 1500);
+}
+
+// ------------------------------------------------------------------ models and model card
+const GENERATIVE = ["generate", "chat", "code"];
+
+async function loadModels() {
+  try {
+    const body = await (await api("/v1/models")).json();
+    state.models = body.data;
+  } catch (err) {
+    showError($("#form-error"), explain(err));
+    return;
+  }
+  fill($("#model"), state.models.filter((m) => m.task === "classify"));
+  fill($("#chat-model"), state.models.filter((m) => GENERATIVE.includes(m.task)), "chat");
+  fill($("#complete-model"), state.models.filter((m) => GENERATIVE.includes(m.task)), "code");
+  const hasClassify = state.models.some((m) => m.task === "classify");
+  const hasGen = state.models.some((m) => GENERATIVE.includes(m.task));
+  $("#tab-classify").hidden = !hasClassify;
+  $("#tab-chat").hidden = !hasGen;
+  $("#tab-complete").hidden = !hasGen;
+  const current = document.querySelector('[role="tab"][aria-selected="true"]');
+  if (!current || current.hidden) selectTab(document.querySelector('[role="tab"]:not([hidden])'));
+  if (hasClassify) await showCard($("#model").value);
+}
+
+function fill(select, models, preferTask) {
+  const previous = select.value;
+  select.replaceChildren(...models.map((m) => new Option(`${m.id} (${m.task})`, m.id)));
+  const preferred = models.find((m) => m.id === previous) || models.find((m) => m.task === preferTask);
+  if (preferred) select.value = preferred.id;
+}
+
+function fmt(x, digits = 3) {
+  return typeof x === "number" ? x.toFixed(digits) : "—";
+}
+
+async function showCard(name) {
+  const body = $("#card-body");
+  if (!name) { body.innerHTML = '<p class="muted">No classification model loaded.</p>'; return; }
+  let card;
+  try {
+    card = await (await api("/v1/models/" + encodeURIComponent(name))).json();
+  } catch (err) {
+    body.textContent = explain(err);
+    return;
+  }
+  $("#card-title").textContent = card.id;
+  const m = card.metrics || {};
+  const parts = [];
+  parts.push(`<dl class="kv"><dt>task</dt><dd>${esc(card.task)}</dd>` +
+    (card.max_length ? `<dt>max length</dt><dd>${card.max_length} tokens</dd>` : "") +
+    (card.config && card.config.created ? `<dt>trained</dt><dd>${esc(card.config.created)}</dd>` : "") + "</dl>");
+  if (card.labels) {
+    parts.push(`<h2 style="margin-top:.8rem">Labels</h2><div class="chips">${card.labels.map((l) => `<span class="chip">${esc(l)}</span>`).join("")}</div>`);
+  }
+  if (m.accuracy !== undefined || m.perplexity !== undefined) {
+    const tiles = [];
+    if (m.accuracy !== undefined) tiles.push(["accuracy", fmt(m.accuracy)]);
+    if (m.macro_f1 !== undefined) tiles.push(["macro-F1", fmt(m.macro_f1)]);
+    if (m.baseline) tiles.push([`majority baseline`, fmt(m.baseline.accuracy)]);
+    if (m.perplexity !== undefined) tiles.push(["perplexity", fmt(m.perplexity, 2)]);
+    if (m.n !== undefined) tiles.push(["examples", String(m.n)]);
+    parts.push(`<h2>Evaluation${m.data ? ` <span class="hint">on ${esc(m.data)}</span>` : ""}</h2>` +
+      `<div class="metrics">${tiles.map(([k, v]) => `<div class="metric"><b>${v}</b><span>${esc(k)}</span></div>`).join("")}</div>`);
+  } else {
+    parts.push('<p class="muted">Not evaluated yet: run <code>lmforge evaluate RUN --data …</code>.</p>');
+  }
+  if (card.curve && card.curve.length > 1) {
+    parts.push(`<h2>Training curve</h2>${curveSvg(card.curve, card.eval_curve, card.eval_metric)}`);
+  }
+  body.innerHTML = parts.join("");
+}
+
+function curveSvg(points, evalPoints, evalMetric) {
+  const W = 320, H = 150, L = 34, B = 20, T = 8, R = 8;
+  const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
+  const x0 = Math.min(...xs), x1 = Math.max(...xs) || 1, y0 = Math.min(...ys), y1 = Math.max(...ys);
+  const sx = (x) => L + ((x - x0) / Math.max(1e-9, x1 - x0)) * (W - L - R);
+  const sy = (y) => T + (1 - (y - y0) / Math.max(1e-9, y1 - y0)) * (H - T - B);
+  const path = points.map((p, i) => `${i ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join("");
+  let evalPath = "";
+  if (evalPoints && evalPoints.length > 1) {
+    const ev = evalPoints.map((p) => p[1]);
+    const e0 = Math.min(...ev), e1 = Math.max(...ev);
+    const ey = (y) => T + (1 - (y - e0) / Math.max(1e-9, e1 - e0)) * (H - T - B);
+    evalPath = `<path class="eval" d="${evalPoints.map((p, i) => `${i ? "L" : "M"}${sx(p[0]).toFixed(1)},${ey(p[1]).toFixed(1)}`).join("")}"/>` +
+      `<text class="eval-label" x="${W - R}" y="${T + 8}" text-anchor="end">${esc(evalMetric)} ${fmt(e1)}</text>` +
+      `<text class="eval-label" x="${W - R}" y="${H - B - 4}" text-anchor="end">${fmt(e0)}</text>`;
+  }
+  return `<svg class="curve" viewBox="0 0 ${W} ${H}" role="img" aria-label="training loss from ${fmt(ys[0])} to ${fmt(ys[ys.length - 1])} over ${x1} steps">
+    <line class="axis" x1="${L}" y1="${H - B}" x2="${W - R}" y2="${H - B}"/><line class="axis" x1="${L}" y1="${T}" x2="${L}" y2="${H - B}"/>
+    <text x="${L - 4}" y="${T + 8}" text-anchor="end">${fmt(y1, 2)}</text><text x="${L - 4}" y="${H - B}" text-anchor="end">${fmt(y0, 2)}</text>
+    <text x="${L}" y="${H - 5}">step ${x0}</text><text x="${W - R}" y="${H - 5}" text-anchor="end">${x1}</text>
+    <path class="line" d="${path}"/>${evalPath}</svg>
+    <p class="hint">solid: train loss${evalPath ? ` · dashed: dev ${esc(evalMetric)}` : ""}</p>`;
+}
+
+function esc(text) {
+  return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+}
+
+// ------------------------------------------------------------------ classify
+function renderResults(inputs, results) {
+  const box = $("#results");
+  box.replaceChildren();
+  results.forEach((r, i) => {
+    const item = document.createElement("div");
+    item.className = "result";
+    const probs = Object.entries(r.probabilities).sort((a, b) => b[1] - a[1]);
+    item.innerHTML = `
+      ${inputs.length > 1 ? `<div class="text">${esc(inputs[i])}</div>` : ""}
+      <div class="top"><span class="label-badge" data-label>${esc(r.label)}</span>
+        <span class="score">${(100 * r.score).toFixed(1)}%</span></div>
+      <div class="bars">${probs.map(([label, p]) => `
+        <span>${esc(label)}</span>
+        <div class="bar ${label === r.label ? "top" : ""}" role="progressbar" aria-label="${esc(label)}"
+             aria-valuemin="0" aria-valuemax="100" aria-valuenow="${Math.round(100 * p)}"><span style="width:${(100 * p).toFixed(1)}%"></span></div>
+        <span class="pct">${(100 * p).toFixed(1)}%</span>`).join("")}</div>`;
+    box.appendChild(item);
+  });
+}
+
+function renderHistory() {
+  const list = $("#history");
+  list.replaceChildren(...state.history.map((h) => {
+    const li = document.createElement("li");
+    li.innerHTML = `<span class="h-label">${esc(h.label)}</span><span class="score">${(100 * h.score).toFixed(0)}%</span><span class="h-text" title="${esc(h.text)}">${esc(h.text)}</span>`;
+    return li;
+  }));
+  if (!state.history.length) list.innerHTML = '<li class="muted">Nothing yet.</li>';
+}
+
+async function classify(event) {
+  event.preventDefault();
+  const button = $("#submit");
+  const raw = $("#text").value;
+  const inputs = $("#per-line").checked ? raw.split("\n").map((s) => s.trim()).filter(Boolean) : [raw.trim()];
+  showError($("#form-error"), "");
+  if (!inputs.length || !inputs[0]) { showError($("#form-error"), "Type some text first."); return; }
+  button.disabled = true;
+  button.textContent = "Classifying…";
+  try {
+    const response = await api("/v1/classify", {
+      method: "POST",
+      body: JSON.stringify({ model: $("#model").value || null, inputs, truncate: $("#truncate").checked }),
+    });
+    const body = await response.json();
+    renderResults(inputs, body.results);
+    body.results.forEach((r, i) => state.history.unshift({ text: inputs[i], label: r.label, score: r.score }));
+    state.history = state.history.slice(0, 30);
+    localStorage.setItem("lmforge.history", JSON.stringify(state.history));
+    renderHistory();
+  } catch (err) {
+    showError($("#form-error"), explain(err));
+  } finally {
+    button.disabled = false;
+    button.textContent = "Classify";
+  }
+}
+
+// ------------------------------------------------------------------ streaming (chat and completions)
+async function* sse(response) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      for (const line of event.split("\n")) {
+        if (!line.startsWith("data:")) continue;
+        const data = line.slice(5).trim();
+        if (data === "[DONE]") return;
+        yield JSON.parse(data);
+      }
+    }
+  }
+}
+
+function renderChat() {
+  const list = $("#messages");
+  list.replaceChildren(...state.chat.map((m) => {
+    const li = document.createElement("li");
+    li.className = "msg " + m.role + (m.streaming ? " streaming" : "");
+    li.textContent = m.content;
+    return li;
+  }));
+  list.scrollTop = list.scrollHeight;
+}
+
+async function sendChat(event) {
+  event.preventDefault();
+  const input = $("#chat-input");
+  const text = input.value.trim();
+  if (!text || state.abort) return;
+  showError($("#chat-error"), "");
+  state.chat.push({ role: "user", content: text });
+  const reply = { role: "assistant", content: "", streaming: true };
+  state.chat.push(reply);
+  input.value = "";
+  renderChat();
+  state.abort = new AbortController();
+  $("#chat-send").disabled = true;
+  $("#chat-stop").hidden = false;
+  try {
+    const response = await api("/v1/chat/completions", {
+      method: "POST",
+      signal: state.abort.signal,
+      body: JSON.stringify({
+        model: $("#chat-model").value,
+        messages: state.chat.filter((m) => m !== reply).map(({ role, content }) => ({ role, content })),
+        stream: true,
+        temperature: Number($("#chat-temperature").value),
+        top_p: Number($("#chat-top-p").value),
+        max_tokens: Number($("#chat-max-tokens").value),
+      }),
+    });
+    for await (const chunk of sse(response)) {
+      const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
+      if (delta && delta.content) {
+        reply.content += delta.content;
+        renderChat();
+      }
+    }
+  } catch (err) {
+    if (err.name !== "AbortError") showError($("#chat-error"), explain(err));
+  } finally {
+    reply.streaming = false;
+    if (!reply.content) reply.content = "(no reply)";
+    state.abort = null;
+    $("#chat-send").disabled = false;
+    $("#chat-stop").hidden = true;
+    renderChat();
+    input.focus();
+  }
+}
+
+async function complete(event) {
+  event.preventDefault();
+  const out = $("#completion");
+  const prompt = $("#prompt").value;
+  showError($("#complete-error"), "");
+  out.innerHTML = `<span class="prompt-part">${esc(prompt)}</span>`;
+  const generated = document.createElement("span");
+  out.appendChild(generated);
+  $("#complete-submit").disabled = true;
+  try {
+    const response = await api("/v1/completions", {
+      method: "POST",
+      body: JSON.stringify({
+        model: $("#complete-model").value, prompt, stream: true,
+        temperature: Number($("#complete-temperature").value), max_tokens: Number($("#complete-max-tokens").value),
+      }),
+    });
+    for await (const chunk of sse(response)) {
+      if (chunk.choices && chunk.choices[0]) generated.textContent += chunk.choices[0].text || "";
+    }
+  } catch (err) {
+    showError($("#complete-error"), explain(err));
+  } finally {
+    $("#complete-submit").disabled = false;
+  }
+}
+
+// ------------------------------------------------------------------ tabs, key dialog, wiring
+function selectTab(tab) {
+  if (!tab) return;
+  document.querySelectorAll('[role="tab"]').forEach((t) => {
+    const selected = t === tab;
+    t.setAttribute("aria-selected", String(selected));
+    t.tabIndex = selected ? 0 : -1;
+    document.getElementById(t.getAttribute("aria-controls")).hidden = !selected;
+  });
+}
+
+function wire() {
+  const tabs = [...document.querySelectorAll('[role="tab"]')];
+  tabs.forEach((tab) => {
+    tab.addEventListener("click", () => selectTab(tab));
+    tab.addEventListener("keydown", (e) => {
+      if (e.key !== "ArrowRight" && e.key !== "ArrowLeft") return;
+      const visible = tabs.filter((t) => !t.hidden);
+      const next = visible[(visible.indexOf(tab) + (e.key === "ArrowRight" ? 1 : visible.length - 1)) % visible.length];
+      selectTab(next);
+      next.focus();
+    });
+  });
+  $("#classify-form").addEventListener("submit", classify);
+  $("#text").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("#classify-form").requestSubmit();
+  });
+  $("#model").addEventListener("change", () => showCard($("#model").value));
+  $("#clear-history").addEventListener("click", () => {
+    state.history = [];
+    localStorage.removeItem("lmforge.history");
+    renderHistory();
+  });
+  $("#chat-form").addEventListener("submit", sendChat);
+  $("#chat-input").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("#chat-form").requestSubmit(); }
+  });
+  $("#chat-stop").addEventListener("click", () => state.abort && state.abort.abort());
+  $("#chat-reset").addEventListener("click", () => { state.chat = []; renderChat(); });
+  $("#complete-form").addEventListener("submit", complete);
+  const dialog = $("#key-dialog");
+  $("#key-button").addEventListener("click", () => { $("#key-input").value = state.key; dialog.showModal(); });
+  dialog.addEventListener("close", () => {
+    if (dialog.returnValue !== "save") return;
+    state.key = $("#key-input").value.trim();
+    if (state.key) localStorage.setItem("lmforge.key", state.key); else localStorage.removeItem("lmforge.key");
+    state.ready = false;
+    loadModels();
+  });
+  renderHistory();
+}
+
+wire();
+pollReady();

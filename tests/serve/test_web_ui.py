@@ -1,0 +1,90 @@
+"""The web UI in real headless Chromium (Debian's chromium driven by Playwright): type, submit, compare with the API."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.serve.live import LiveServer
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):
+        raise RuntimeError("CI needs Debian's chromium for the browser tests (.ci/run installs it)")
+    pytest.skip("chromium is not installed (apt-get install chromium); CI installs it", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(classify_run):
+    with LiveServer(f"sentiment={classify_run}") as srv:
+        yield srv
+
+
+def test_type_submit_and_see_the_apis_label(browser, server):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(server.url)
+    page.wait_for_selector("#status.pill-ok")
+    assert page.locator("#model").input_value() == "sentiment"
+    page.wait_for_selector("#card-body .metric")  # model card: eval metrics
+    assert page.locator("#card-body svg.curve").count() == 1  # and the training curve
+    texts = ["A gorgeous, moving film.", "A dull, lifeless mess."]
+    page.fill("#text", "\n".join(texts))
+    page.click("#submit")
+    page.wait_for_selector(".result .label-badge")
+    shown = page.locator(".result .label-badge").all_inner_texts()
+    api = httpx.post(server.url + "/v1/classify", json={"inputs": texts}).json()
+    assert shown == [r["label"] for r in api["results"]]
+    bars = page.locator(".result").first.locator('[role="progressbar"]')
+    assert bars.count() == 2
+    assert page.locator("#history li").count() == 2  # recent predictions stay on the page
+    page.screenshot(path=str(ARTIFACTS / "web-ui.png"), full_page=True)
+
+
+def test_keyboard_only_and_phone_width(browser, server):
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.goto(server.url)
+    page.wait_for_selector("#status.pill-ok")
+    page.focus("#text")
+    page.keyboard.type("What a waste of two hours.")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector(".result .label-badge")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390  # nothing overflows sideways at phone width
+    page.screenshot(path=str(ARTIFACTS / "web-ui-phone.png"), full_page=True)
+
+
+def test_errors_are_shown_clearly(browser, server):
+    page = browser.new_page()
+    page.goto(server.url)
+    page.wait_for_selector("#status.pill-ok")
+    page.uncheck("#per-line")
+    page.fill("#text", " ".join(["long"] * 400))
+    page.click("#submit")
+    error = page.locator("#form-error")
+    error.wait_for(state="visible")
+    assert "longer than the model's 64 tokens" in error.inner_text() and "(422)" in error.inner_text()
+    # server down: the page says so instead of failing silently
+    page.route("**/v1/classify", lambda route: route.abort())
+    page.fill("#text", "anything")
+    page.click("#submit")
+    page.wait_for_selector("#banner:not([hidden])")
+    assert "Cannot reach the lmforge server" in page.locator("#banner").inner_text()
