@@ -342,6 +342,10 @@ def quickstart(
 
 # ------------------------------------------------------------------------------------- output helpers
 def _print_summary(summary: dict) -> None:
+    from lmforge.training import dist
+
+    if not dist.is_main():
+        return
     parts = [f"run: {summary['run']}", f"steps: {summary['steps']}", f"epochs: {summary['epochs']}",
              f"time: {summary['elapsed_s']}s", f"stopped by: {summary['stopped_by']}"]
     typer.echo("  ".join(parts))

@@ -134,6 +134,9 @@ class FinetuneClassifyConfig(Strict):
     best_metric: Literal["accuracy", "macro_f1", "loss"] = Field(
         "accuracy", description="dev metric that picks the checkpoint kept in model/"
     )
+    random_init: bool = Field(
+        False, description="keep the model's architecture and tokenizer but start from random weights (a baseline)"
+    )
     out: Path = Field(description="run dir to write")
     overwrite: bool = Field(False, description="replace an existing run dir")
     resume: bool = Field(False, description="continue from the newest complete checkpoint in the run dir")

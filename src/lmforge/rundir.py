@@ -99,7 +99,13 @@ class RunDir:
 
     @classmethod
     def create(cls, root: Path | str, *, overwrite: bool, resume: bool) -> RunDir:
-        return cls(prepare_output_dir(root, overwrite=overwrite, resume=resume, kind="run"))
+        """Create (or, with resume, reopen) a run dir; under a distributed launch only the main process touches it."""
+        from lmforge.training import dist
+
+        if dist.is_main():
+            prepare_output_dir(root, overwrite=overwrite, resume=resume, kind="run")
+        dist.barrier()
+        return cls(Path(root).expanduser())
 
     @classmethod
     def open(cls, spec: Path | str) -> RunDir:
@@ -120,7 +126,10 @@ class RunDir:
 
     def write_info(self, *, stage: str, task: str, config: BaseModel, extra: dict[str, Any] | None = None) -> None:
         from lmforge.config import to_commented_yaml
+        from lmforge.training import dist
 
+        if not dist.is_main():
+            return
         head = {
             "stage": stage,
             "task": task,

@@ -69,7 +69,15 @@ def _load(folder: Path) -> TokenCache:
 
 
 def token_cache(tokenizer, files: list[Path], settings: dict | None = None) -> TokenCache:
-    """Map the cached token arrays for these files, building them first if needed (atomically)."""
+    """Map the cached token arrays for these files, building them first if needed (atomically; under a distributed
+    launch the main process builds while the others wait)."""
+    from lmforge.training import dist
+
+    with dist.main_first():
+        return _token_cache(tokenizer, files, settings)
+
+
+def _token_cache(tokenizer, files: list[Path], settings: dict | None = None) -> TokenCache:
     backend = tokenizer.backend_tokenizer
     key = fingerprint(backend, files, settings or {})
     folder = cache_root() / "tokens" / key

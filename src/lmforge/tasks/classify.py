@@ -141,15 +141,16 @@ def prepare_classify(config: FinetuneClassifyConfig) -> tuple[TaskSpec, RunDir]:
     )
     label2id = {label: i for i, label in enumerate(labels)}
     seed_everything(config.train.seed)
-    model = from_pretrained(
-        AutoModelForSequenceClassification,
-        config.model,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id=label2id,
-        attn_implementation="sdpa",
-        ignore_mismatched_sizes=True,
-    )
+    head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": label2id}
+    if config.random_init:
+        from lmforge.models import load_config
+
+        model_config = load_config(config.model)
+        model_config.update(head)
+        model = AutoModelForSequenceClassification.from_config(model_config, attn_implementation="sdpa")
+    else:
+        model = from_pretrained(AutoModelForSequenceClassification, config.model, attn_implementation="sdpa",
+                                ignore_mismatched_sizes=True, **head)
     encode = lambda texts: tokenizer(texts, truncation=True, max_length=config.max_length)["input_ids"]  # noqa: E731
     train_ids, dev_ids = encode(train_data.texts), encode(dev_data.texts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

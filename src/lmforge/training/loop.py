@@ -94,7 +94,7 @@ def mixed_precision(precision: str) -> str:
 def make_accelerator(precision: str):
     from accelerate import Accelerator
 
-    return Accelerator(mixed_precision=mixed_precision(precision))
+    return Accelerator(mixed_precision=mixed_precision(precision), cpu=not torch.cuda.is_available())
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
