@@ -123,3 +123,45 @@ def cli(capsys):
 
 def python_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "lmforge", *args]
+
+
+TINY_GPT = {"n_embd": 32, "n_layer": 2, "n_head": 2}
+
+
+@pytest.fixture(scope="session")
+def bpe_dir(tiny_corpus, tmp_path_factory) -> Path:
+    from lmforge.config import TokenizerTrainConfig
+    from lmforge.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("tok") / "bpe"
+    return train_tokenizer(TokenizerTrainConfig(corpus=[str(tiny_corpus)], kind="bpe", vocab_size=500, out=out))
+
+
+@pytest.fixture(scope="session")
+def gpt_run(tiny_corpus, bpe_dir, tmp_path_factory) -> Path:
+    """A tiny GPT (hidden 32, 2 layers) pretrained for a few steps on real text: a CLM run dir."""
+    from lmforge.config import PretrainConfig
+    from lmforge.stages import pretrain
+
+    out = tmp_path_factory.mktemp("runs") / "gpt"
+    pretrain(PretrainConfig.model_validate({
+        "objective": "clm", "corpus": [str(tiny_corpus)], "tokenizer": str(bpe_dir), "size": "tiny",
+        "arch": TINY_GPT, "seq_len": 64, "out": str(out),
+        "train": {"max_steps": 30, "batch_size": 8, "lr": 3e-3, "log_every": 5}}), show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def chat_run(gpt_run, tmp_path_factory) -> Path:
+    """The tiny GPT fine-tuned on 80 real ChatterBot conversations: a chat run dir with a ChatML template."""
+    from lmforge.config import FinetuneChatConfig
+    from lmforge.tasks.chat import finetune_chat
+
+    folder = tmp_path_factory.mktemp("chat")
+    rows = read_jsonl_gz(BUNDLED / "dialogue" / "chatterbot_en.jsonl.gz", 80)
+    data = write_jsonl(folder / "dialogue.jsonl", rows)
+    out = folder / "run"
+    finetune_chat(FinetuneChatConfig.model_validate({
+        "model": str(gpt_run), "data": str(data), "out": str(out), "max_length": 128,
+        "train": {"max_steps": 20, "batch_size": 8, "lr": 3e-3}}), show_progress=False)
+    return out

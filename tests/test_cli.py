@@ -165,3 +165,21 @@ def test_corpus_flag_takes_several_values(cli, tmp_path, tiny_corpus):
                  "--out", out)
     assert result.code == 0, result.text
     assert (out / "tokenizer.json").exists()
+
+
+def test_generate_streams_and_is_reproducible(cli, gpt_run):
+    plain = cli("generate", gpt_run, "It is a truth", "--max-new-tokens", "12", "--seed", "5")
+    streamed = cli("generate", gpt_run, "It is a truth", "--max-new-tokens", "12", "--seed", "5", "--stream")
+    assert plain.code == 0 and plain.out == streamed.out and plain.out.startswith("It is a truth")
+    as_json = json.loads(cli("generate", gpt_run, "It is a truth", "--max-new-tokens", "5", "--json").out)
+    assert as_json["completion_tokens"] <= 5 and as_json["finish_reason"] in ("stop", "length")
+    wrong = cli("generate", gpt_run, "x", "--top-p", "3")
+    assert wrong.code == 2
+
+
+def test_generate_refuses_a_classifier(cli, tmp_path, tiny_bert_dir, sentiment_files):
+    out = tmp_path / "clf"
+    assert cli("finetune", "classify", "--model", tiny_bert_dir, "--data", sentiment_files["train"], "--out", out,
+               "--max-steps", "1").code == 0
+    result = cli("generate", out, "hello")
+    assert result.code == 2 and "generation needs a causal LM" in result.err

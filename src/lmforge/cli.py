@@ -13,7 +13,9 @@ import typer
 
 from lmforge.config import (
     ClassifyTrainConfig,
+    FinetuneChatConfig,
     FinetuneClassifyConfig,
+    FinetuneCodeConfig,
     PretrainConfig,
     PretrainTrainConfig,
     TokenizerTrainConfig,
@@ -214,6 +216,172 @@ def finetune_classify_cmd(
     _print_summary(summary)
 
 
+@finetune_app.command("chat")
+def finetune_chat_cmd(
+    model: Annotated[Optional[str], typer.Option("--model", help=field_help(FinetuneChatConfig, "model"))] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help=field_help(FinetuneChatConfig, "data"))] = None,
+    eval_: Annotated[Optional[str], typer.Option("--eval", help=field_help(FinetuneChatConfig, "eval"))] = None,
+    max_length: Annotated[Optional[int], typer.Option("--max-length", help=field_help(FinetuneChatConfig, "max_length"))] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help=field_help(FinetuneChatConfig, "out"))] = None,
+    max_steps: MaxSteps = None,
+    epochs: Epochs = None,
+    max_time: MaxTime = None,
+    batch_size: BatchSize = None,
+    lr: LearningRate = None,
+    seed: Seed = None,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+    config: ConfigFile = None,
+    set_: SetOpt = None,
+) -> None:
+    """Fine-tune a causal LM into a chatbot on multi-turn conversations (loss on assistant turns only)."""
+    from lmforge.tasks.chat import finetune_chat
+
+    cfg = build_config(
+        FinetuneChatConfig, file=config, sets=set_,
+        flags={"model": (model, "--model"), "data": (data, "--data"), "eval": (eval_, "--eval"),
+               "max_length": (max_length, "--max-length"), "out": (out, "--out"),
+               "resume": (_true_or_none(resume), "--resume"), "overwrite": (_true_or_none(overwrite), "--overwrite"),
+               **_train_flags(max_steps, epochs, max_time, batch_size, lr, seed)},
+    )
+    _print_summary(finetune_chat(cfg, show_progress=_state["progress"]))
+
+
+@finetune_app.command("code")
+def finetune_code_cmd(
+    model: Annotated[Optional[str], typer.Option("--model", help=field_help(FinetuneCodeConfig, "model"))] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help=field_help(FinetuneCodeConfig, "data"))] = None,
+    eval_: Annotated[Optional[str], typer.Option("--eval", help=field_help(FinetuneCodeConfig, "eval"))] = None,
+    seq_len: Annotated[Optional[int], typer.Option("--seq-len", help=field_help(FinetuneCodeConfig, "seq_len"))] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help=field_help(FinetuneCodeConfig, "out"))] = None,
+    max_steps: MaxSteps = None,
+    epochs: Epochs = None,
+    max_time: MaxTime = None,
+    batch_size: BatchSize = None,
+    lr: LearningRate = None,
+    seed: Seed = None,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+    config: ConfigFile = None,
+    set_: SetOpt = None,
+) -> None:
+    """Continue training a causal LM on Python functions (docstring -> function) for code completion."""
+    from lmforge.tasks.code import finetune_code
+
+    cfg = build_config(
+        FinetuneCodeConfig, file=config, sets=set_,
+        flags={"model": (model, "--model"), "data": (data, "--data"), "eval": (eval_, "--eval"),
+               "seq_len": (seq_len, "--seq-len"), "out": (out, "--out"),
+               "resume": (_true_or_none(resume), "--resume"), "overwrite": (_true_or_none(overwrite), "--overwrite"),
+               **_train_flags(max_steps, epochs, max_time, batch_size, lr, seed)},
+    )
+    _print_summary(finetune_code(cfg, show_progress=_state["progress"]))
+
+
+MaxNew = Annotated[int, typer.Option("--max-new-tokens", help="tokens to generate at most", min=1)]
+Temperature = Annotated[float, typer.Option("--temperature", help="scales logits before the softmax; 0 is greedy", min=0)]
+TopK = Annotated[int, typer.Option("--top-k", help="sample among the k most likely tokens (0: off)", min=0)]
+TopP = Annotated[float, typer.Option("--top-p", help="nucleus sampling: smallest set with this mass (1: off)", min=0.01, max=1)]
+RepPenalty = Annotated[float, typer.Option("--repetition-penalty", help="penalize tokens already present (1: off)", min=0.01)]
+Stops = Annotated[Optional[list[str]], typer.Option("--stop", help="stop when this text appears (repeatable)")]
+GenSeed = Annotated[Optional[int], typer.Option("--seed", help="makes sampling reproducible")]
+
+
+def _generation_pipeline(run: Path):
+    from lmforge.inference import load
+    from lmforge.inference.pipelines import GenerationPipeline
+
+    pipeline = load(run)
+    if not isinstance(pipeline, GenerationPipeline):
+        raise LmforgeError(f"'{run}' is a {pipeline.task} run; generation needs a causal LM",
+                           fix="pretrain one with --objective clm, or fine-tune with finetune chat/code")
+    return pipeline
+
+
+@app.command()
+def generate(
+    run: Annotated[Path, typer.Argument(help="run dir or HF folder of a causal LM")],
+    prompt: Annotated[str, typer.Argument(help="text to continue")],
+    max_new_tokens: MaxNew = 64,
+    temperature: Temperature = 1.0,
+    top_k: TopK = 50,
+    top_p: TopP = 1.0,
+    repetition_penalty: RepPenalty = 1.0,
+    stop: Stops = None,
+    seed: GenSeed = None,
+    stream: Annotated[bool, typer.Option("--stream", help="print tokens as they are produced")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object (text, finish_reason, usage)")] = False,
+) -> None:
+    """Generate a continuation of PROMPT (KV cache; sampling reproducible with --seed)."""
+    from lmforge.inference.generation import SamplingParams
+
+    pipeline = _generation_pipeline(run)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                            repetition_penalty=repetition_penalty, stop=stop or [], seed=seed)
+    if as_json:
+        out = pipeline.generator.generate([prompt], params)[0]
+        _echo_json({"prompt": prompt, **vars(out)})
+        return
+    if not stream:
+        out = pipeline.generator.generate([prompt], params)[0]
+        sys.stdout.write(prompt + out.text + "\n")
+        return
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    for delta in pipeline.generator.stream([prompt], params):
+        sys.stdout.write(delta.text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+@app.command()
+def chat(
+    run: Annotated[Path, typer.Argument(help="a chat run (lmforge finetune chat)")],
+    system: Annotated[Optional[str], typer.Option("--system", help="a system message to start with")] = None,
+    max_new_tokens: MaxNew = 128,
+    temperature: Temperature = 0.7,
+    top_k: TopK = 50,
+    top_p: TopP = 0.95,
+    repetition_penalty: RepPenalty = 1.1,
+    seed: GenSeed = None,
+) -> None:
+    """Chat in the terminal; the conversation is kept. /reset starts over, /exit (or Ctrl-D) leaves."""
+    from lmforge.inference.generation import SamplingParams
+
+    pipeline = _generation_pipeline(run)
+    if not pipeline.has_chat_template:
+        raise LmforgeError(f"'{run}' has no chat template", fix="fine-tune it first: lmforge finetune chat --model RUN")
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                            repetition_penalty=repetition_penalty, seed=seed)
+    history = [{"role": "system", "content": system}] if system else []
+    typer.echo(f"chatting with {run} -- /reset starts over, /exit leaves", err=True)
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            typer.echo("", err=True)
+            return
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            return
+        if text == "/reset":
+            history = history[:1] if system else []
+            typer.echo("(conversation cleared)", err=True)
+            continue
+        history.append({"role": "user", "content": text})
+        sys.stdout.write("bot> ")
+        sys.stdout.flush()
+        reply = ""
+        for delta in pipeline.generator.stream([pipeline.chat_prompt(history)], params):
+            reply += delta.text
+            sys.stdout.write(delta.text)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        history.append({"role": "assistant", "content": reply.strip()})
+
+
 @app.command()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="run dir")],
@@ -221,12 +389,14 @@ def evaluate(
     text_field: Annotated[Optional[str], typer.Option("--text-field", help="text field (default: the run's)")] = None,
     label_field: Annotated[Optional[str], typer.Option("--label-field", help="label field (default: the run's)")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="examples per forward pass")] = 64,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="code runs: evaluate the first N functions only")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object of metrics on stdout")] = False,
 ) -> None:
-    """Evaluate a run on labeled data; writes RUN/eval.json (and plots)."""
+    """Evaluate a run (classification: accuracy/F1; LMs: perplexity; code: parse rate, chrF, pass@1); writes eval.json."""
     from lmforge.evaluation.evaluate import evaluate_run
 
-    result = evaluate_run(run, data, text_field=text_field, label_field=label_field, batch_size=batch_size)
+    result = evaluate_run(run, data, text_field=text_field, label_field=label_field, batch_size=batch_size,
+                          limit=limit)
     if as_json:
         _echo_json(result)
         return
@@ -373,7 +543,9 @@ def _print_eval(result: dict) -> None:
             table.add_row(label, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
         console.print(table)
     else:
-        console.print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+        shown = {k: v for k, v in result.items() if not isinstance(v, (list, dict))}
+        console.print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()),
+                      markup=False)
     console.print(f"written: {Path(result['run']) / 'eval.json'}")
 
 

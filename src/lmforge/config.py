@@ -143,6 +143,37 @@ class FinetuneClassifyConfig(Strict):
     train: ClassifyTrainConfig = Field(default_factory=ClassifyTrainConfig, description="training loop")
 
 
+class GenerativeTrainConfig(TrainConfig):
+    epochs: float | None = Field(3, gt=0, description="passes over the training data (fractions allowed)")
+    batch_size: int = Field(16, ge=1, description="sequences per device per micro-batch")
+    lr: float | None = Field(3e-4, gt=0, description="peak learning rate (AdamW)")
+
+
+class FinetuneChatConfig(Strict):
+    model: str = Field(description="a causal LM: run dir (e.g. from pretrain --objective clm), HF folder or hub id")
+    data: str = Field("dialogue", description="conversations: {\"messages\": [{role, content}, ...]} per row")
+    eval: str | None = Field(None, description="dev conversations; null: a held-out share of the training data")
+    dev_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of conversations held out when no dev data")
+    max_length: int = Field(512, ge=16, description="truncate conversations to this many tokens")
+    out: Path = Field(description="run dir to write")
+    overwrite: bool = Field(False, description="replace an existing run dir")
+    resume: bool = Field(False, description="continue from the newest complete checkpoint in the run dir")
+    train: GenerativeTrainConfig = Field(default_factory=GenerativeTrainConfig, description="training loop")
+
+
+class FinetuneCodeConfig(Strict):
+    model: str = Field(description="a causal LM: run dir (e.g. from pretrain --objective clm), HF folder or hub id")
+    data: str = Field("code", description="Python functions: rows with a 'code' field (docstring -> function)")
+    eval: str | None = Field(None, description="dev rows; null: the bundled dev split, else a held-out share")
+    code_field: str = Field("code", description="field holding the function source")
+    seq_len: int = Field(256, ge=16, description="tokens per packed training sequence")
+    dev_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of rows held out when no dev data")
+    out: Path = Field(description="run dir to write")
+    overwrite: bool = Field(False, description="replace an existing run dir")
+    resume: bool = Field(False, description="continue from the newest complete checkpoint in the run dir")
+    train: GenerativeTrainConfig = Field(default_factory=GenerativeTrainConfig, description="training loop")
+
+
 # ----------------------------------------------------------------------------------------------- building
 def field_help(model: type[BaseModel], dotted: str) -> str:
     """The description of a (possibly nested) field, for ``--help``."""

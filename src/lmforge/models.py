@@ -164,3 +164,22 @@ def build_bert_pretraining(size: str, tokenizer: Any, seq_len: int, arch: dict |
 
         raise ConfigError(f"invalid model shape {shape}: {exc}", fix="check the arch.* overrides") from None
     return BertForPreTraining._from_config(config, attn_implementation="sdpa")
+
+
+def build_gpt(size: str, tokenizer: Any, seq_len: int, arch: dict | None = None):
+    """A fresh GPT-2-style ``GPT2LMHeadModel`` shaped by a size preset (plus overrides), for this tokenizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    quiet_transformers()
+    check_arch(arch or {}, GPT2Config)
+    shape = {**GPT_SIZES[size], **(arch or {})}
+    eos = tokenizer.eos_token_id
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=max(1024, seq_len),
+        bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
+        **shape,
+    )
+    return GPT2LMHeadModel._from_config(config, attn_implementation="sdpa")

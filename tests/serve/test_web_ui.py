@@ -88,3 +88,35 @@ def test_errors_are_shown_clearly(browser, server):
     page.click("#submit")
     page.wait_for_selector("#banner:not([hidden])")
     assert "Cannot reach the lmforge server" in page.locator("#banner").inner_text()
+
+
+@pytest.fixture(scope="module")
+def chat_server(chat_run, gpt_run):
+    with LiveServer(f"chat={chat_run}", f"gpt={gpt_run}") as srv:
+        yield srv
+
+
+def test_chat_page_streams_a_reply(browser, chat_server):
+    page = browser.new_page(viewport={"width": 1000, "height": 800})
+    page.goto(chat_server.url)
+    page.wait_for_selector("#status.pill-ok")
+    page.wait_for_selector("#tab-chat:not([hidden])")
+    assert page.locator("#tab-classify").is_hidden()  # no classifier loaded: the page opens on what there is
+    page.click("#tab-chat")
+    page.click(".settings summary")  # sampling settings are folded away by default
+    page.fill("#chat-temperature", "0")
+    page.fill("#chat-input", "What is AI?")
+    page.keyboard.press("Enter")
+    page.wait_for_selector(".msg.assistant:not(.streaming)")
+    reply = page.locator(".msg.assistant").inner_text()
+    api = httpx.post(chat_server.url + "/v1/chat/completions", json={
+        "model": "chat", "messages": [{"role": "user", "content": "What is AI?"}], "temperature": 0,
+        "top_p": 0.95, "max_tokens": 128}).json()
+    assert reply == (api["choices"][0]["message"]["content"] or "(no reply)")
+    assert page.locator(".msg.user").inner_text() == "What is AI?"
+    page.screenshot(path=str(ARTIFACTS / "web-ui-chat.png"), full_page=True)
+    page.click("#tab-complete")
+    page.fill("#prompt", "It is a truth")
+    page.fill("#complete-max-tokens", "8")
+    page.click("#complete-submit")
+    page.wait_for_function("document.querySelector('#completion').innerText.length > 'It is a truth'.length")

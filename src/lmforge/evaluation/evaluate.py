@@ -10,7 +10,8 @@ from lmforge.rundir import RunDir, write_json
 
 
 def evaluate_run(run: str | Path, data: str | None = None, *, text_field: str | None = None,
-                 label_field: str | None = None, batch_size: int = 64, write: bool = True) -> dict:
+                 label_field: str | None = None, batch_size: int = 64, write: bool = True,
+                 limit: int | None = None) -> dict:
     rd = RunDir.open(run)
     info = rd.info()
     task = info.get("task")
@@ -20,6 +21,18 @@ def evaluate_run(run: str | Path, data: str | None = None, *, text_field: str | 
         from lmforge.tasks.pretrain_mlm_nsp import evaluate_pretraining_run
 
         result = evaluate_pretraining_run(rd, info, data)
+    elif task == "clm":
+        from lmforge.tasks.pretrain_clm import evaluate_lm_run
+
+        result = evaluate_lm_run(rd, info, data)
+    elif task == "code":
+        from lmforge.tasks.code import evaluate_code_run
+
+        result = evaluate_code_run(rd, info, data, limit=limit)
+    elif task == "chat":
+        from lmforge.tasks.chat import evaluate_chat_run
+
+        result = evaluate_chat_run(rd, info, data)
     else:
         raise LmforgeError(f"evaluate does not support task '{task}' yet", where=str(rd.config_path))
     result = {"run": str(rd.root), "task": task, "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **result}

@@ -113,7 +113,66 @@ class ClassificationPipeline(Pipeline):
         return results
 
 
-PIPELINES: dict[str, type[Pipeline]] = {"classify": ClassificationPipeline}
+class GenerationPipeline(Pipeline):
+    """Causal LMs (pretrained, chat and code runs, or any HF causal LM): completion, chat, streaming."""
+
+    task = "generate"
+
+    def __init__(self, model_dir: Path, **kwargs: Any) -> None:
+        super().__init__(model_dir, **kwargs)
+        from transformers import AutoModelForCausalLM
+
+        from lmforge.inference.generation import TextGenerator
+        from lmforge.models import from_pretrained, load_tokenizer
+
+        self.task = self.info.get("task") or "generate"
+        self.tokenizer = load_tokenizer(self.model_dir)
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.model = from_pretrained(AutoModelForCausalLM, self.model_dir, attn_implementation="sdpa", dtype=dtype)
+        self.model.to(self.device).eval()
+        self.generator = TextGenerator(self.model, self.tokenizer, self.device)
+        self.context = self.generator.context
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "max_length": self.context, "chat": self.has_chat_template}
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of the conversation rendered with the model's chat template, ready for the assistant's turn."""
+        if not self.has_chat_template:
+            raise LmforgeError(
+                f"model '{self.name}' has no chat template",
+                fix="fine-tune it with `lmforge finetune chat`, or use /v1/completions",
+            )
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return list(ids)
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        return self.generator.encode(prompt)
+
+    def complete(self, prompts: list[str], **sampling: Any) -> list[dict]:
+        from lmforge.inference.generation import SamplingParams
+
+        outs = self.generator.generate(prompts, SamplingParams(**sampling))
+        return [vars(o) for o in outs]
+
+    def predict(self, texts: str | list[str], **sampling: Any) -> list[dict]:
+        return self.complete([texts] if isinstance(texts, str) else list(texts), **sampling)
+
+
+PIPELINES: dict[str, type[Pipeline]] = {
+    "classify": ClassificationPipeline,
+    "clm": GenerationPipeline,
+    "chat": GenerationPipeline,
+    "code": GenerationPipeline,
+    "generate": GenerationPipeline,
+}
+GENERATIVE_TASKS = ("clm", "chat", "code", "generate")
 
 
 def _task_from_architecture(model_dir: Path) -> str:

@@ -26,9 +26,11 @@ from lmforge.serve.settings import ServeSettings
 WEB = Path(__file__).parent / "web"
 
 
-def _error(request: Request, status: int, detail: str, headers: dict | None = None, extra: dict | None = None):
+def _error(request: Request, status: int, detail: str, headers: dict | None = None, extra: dict | None = None,
+           param: str | None = None):
     if is_openai_path(request.url.path):
-        return JSONResponse(openai_error(status, detail), status_code=status, headers=headers)
+        status = 400 if status == 422 else status  # OpenAI answers invalid requests with 400
+        return JSONResponse(openai_error(status, detail, param), status_code=status, headers=headers)
     return JSONResponse({"detail": detail, **(extra or {})}, status_code=status, headers=headers)
 
 
@@ -73,11 +75,15 @@ def create_app(models: list[str] | list[tuple[str, Path]], settings: ServeSettin
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
-        return _error(request, exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+        return _error(request, exc.status_code, str(exc.detail), getattr(exc, "headers", None),
+                      param=getattr(exc, "param", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
-        return _error(request, 422, _describe_validation(exc), extra={"errors": jsonable_encoder(exc.errors())})
+        first = exc.errors()[0]["loc"] if exc.errors() else ()
+        param = ".".join(str(p) for p in first if p != "body") or None
+        return _error(request, 422, _describe_validation(exc), extra={"errors": jsonable_encoder(exc.errors())},
+                      param=param)
 
     @app.exception_handler(LmforgeError)
     async def lmforge_error(request: Request, exc: LmforgeError):

@@ -64,6 +64,9 @@ class ModelRegistry:
             for served in self.models.values():
                 started = time.monotonic()
                 served.pipeline = load(served.path, name=served.name)
+                if served.pipeline.task != "classify":
+                    log.info("loaded %s (%s) in %.1fs", served.name, served.pipeline.task, time.monotonic() - started)
+                    continue
                 served.batcher = MicroBatcher(
                     self._runner(served), served.executor,
                     max_inputs=self.settings.batch_max_inputs, max_wait_ms=self.settings.batch_wait_ms,

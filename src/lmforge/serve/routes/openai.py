@@ -1,0 +1,317 @@
+"""OpenAI-compatible API: ``POST /v1/completions`` and ``POST /v1/chat/completions`` (plain or streamed as SSE).
+
+The official ``openai`` client talks to these unchanged. Errors come in OpenAI's shape with its status codes (400 for
+an invalid request, 401, 404 for an unknown model, 413, 429, 503). Generation runs on the model's worker thread; a
+client that disconnects mid-stream stops its generation at the next token and frees its slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from lmforge.inference.generation import Delta, SamplingParams
+from lmforge.inference.pipelines import GENERATIVE_TASKS
+from lmforge.serve.deps import ApiKey, Ready, Registry, Settings, find_model
+from lmforge.serve.registry import ServedModel
+from lmforge.serve.settings import ServeSettings
+
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[ApiKey, Ready])
+
+
+class OpenAIError(BaseModel):
+    class Body(BaseModel):
+        message: str
+        type: str
+        param: str | None = None
+        code: str | None = None
+
+    error: Body
+
+
+OPENAI_ERRORS = {
+    400: {"model": OpenAIError, "description": "invalid request (parameters, prompt too long for the context)"},
+    401: {"model": OpenAIError, "description": "missing or wrong API key"},
+    404: {"model": OpenAIError, "description": "unknown model"},
+    413: {"model": OpenAIError, "description": "request body too large"},
+    429: {"model": OpenAIError, "description": "too many requests in flight; retry after Retry-After seconds"},
+    503: {"model": OpenAIError, "description": "models still loading, or the server is shutting down"},
+}
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="model name (GET /v1/models)")
+    temperature: float = Field(1.0, ge=0, le=2, description="0 is greedy")
+    top_p: float = Field(1.0, gt=0, le=1)
+    n: int = Field(1, ge=1, le=8, description="completions per prompt")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = Field(None, description="up to 4 sequences that end the completion")
+    seed: int | None = Field(None, description="makes sampling reproducible")
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    # lmforge extensions
+    top_k: int = Field(0, ge=0, description="lmforge extension: sample among the k most likely tokens (0: off)")
+    repetition_penalty: float = Field(1.0, gt=0, description="lmforge extension: HF-style repetition penalty")
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
+    max_tokens: int | None = Field(16, ge=1)
+    echo: bool = False
+    logprobs: int | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[dict[str, Any]]
+    name: str | None = None
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+
+
+def _bad(message: str, param: str | None = None) -> HTTPException:
+    error = HTTPException(400, message)
+    error.param = param  # type: ignore[attr-defined]  # OpenAI's error body names the offending parameter
+    return error
+
+
+def _unsupported(body: _Sampling) -> None:
+    checks = [("presence_penalty", body.presence_penalty != 0), ("frequency_penalty", body.frequency_penalty != 0),
+              ("logit_bias", bool(body.logit_bias))]
+    if isinstance(body, CompletionRequest):
+        checks += [("logprobs", body.logprobs is not None), ("best_of", body.best_of not in (None, 1)),
+                   ("suffix", body.suffix is not None)]
+    if isinstance(body, ChatRequest):
+        checks += [("logprobs", bool(body.logprobs)), ("tools", bool(body.tools)),
+                   ("response_format", body.response_format not in (None, {"type": "text"}))]
+    for name, used in checks:
+        if used:
+            raise _bad(f"'{name}' is not supported by lmforge; remove it (top_k and repetition_penalty are available)",
+                       name)
+
+
+def _stops(stop: str | list[str] | None) -> list[str]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > 4:
+        raise _bad(f"'stop' takes at most 4 sequences, got {len(stops)}", "stop")
+    return [s for s in stops if s]
+
+
+def _params(body: _Sampling, max_new: int) -> SamplingParams:
+    return SamplingParams(max_new_tokens=max_new, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
+                          repetition_penalty=body.repetition_penalty, stop=_stops(body.stop), seed=body.seed)
+
+
+def _budget(served: ServedModel, prompt_lengths: list[int], requested: int | None, settings: ServeSettings,
+            default: int | None) -> int:
+    """max_tokens within the server's cap and the model's context, or a 400 in OpenAI's words."""
+    context = served.pipeline.context
+    limit_prompt = settings.max_prompt_tokens or context
+    longest = max(prompt_lengths)
+    if longest > limit_prompt:
+        raise _bad(f"the prompt has {longest} tokens; this server accepts at most {limit_prompt}", "messages")
+    max_new = requested if requested is not None else (default or settings.max_new_tokens)
+    if max_new > settings.max_new_tokens:
+        raise _bad(f"max_tokens is {max_new}; this server generates at most {settings.max_new_tokens} per request",
+                   "max_tokens")
+    if requested is not None and longest + max_new > context:
+        raise _bad(f"This model's maximum context length is {context} tokens. However, you requested "
+                   f"{longest + max_new} tokens ({longest} in the prompt, {max_new} for the completion). Please "
+                   "reduce the prompt or the completion length.", "max_tokens")
+    return max(1, min(max_new, context - longest))
+
+
+def _generative(registry, name: str) -> ServedModel:
+    served = registry.models.get(name)
+    if served is None:
+        raise HTTPException(404, f"The model '{name}' does not exist; loaded: {', '.join(registry.models)}")
+    if served.task not in GENERATIVE_TASKS:
+        raise _bad(f"model '{name}' is a {served.task} model; completions need a generative model", "model")
+    return find_model(registry, name, GENERATIVE_TASKS)
+
+
+async def _run_stream(served: ServedModel, prompts: list, params: SamplingParams, cancel: threading.Event,
+                      metrics) -> AsyncIterator[Delta]:
+    """Generate on the model's worker thread, handing deltas to the event loop as they come."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    def work() -> None:
+        try:
+            for delta in served.pipeline.generator.stream(prompts, params, cancel=cancel):
+                loop.call_soon_threadsafe(queue.put_nowait, delta)
+        except Exception as exc:  # reported to the caller below
+            loop.call_soon_threadsafe(queue.put_nowait, exc)
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, done)
+
+    future = loop.run_in_executor(served.executor, work)
+    try:
+        while True:
+            item = await queue.get()
+            if item is done:
+                break
+            if isinstance(item, Exception):
+                raise item
+            if item.finish_reason:
+                metrics.generated_tokens.labels(served.name).inc(item.completion_tokens)
+            yield item
+    finally:
+        cancel.set()  # a client that went away stops generation at the next token (the worker frees itself)
+        future.add_done_callback(lambda f: f.exception())  # retrieve, so nothing is logged as unhandled
+
+
+def _sse(data: dict | str) -> bytes:
+    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+@router.post("/completions", summary="OpenAI-compatible text completion", responses=OPENAI_ERRORS)
+async def completions(body: CompletionRequest, request: Request, registry: Registry, settings: Settings):
+    _unsupported(body)
+    served = _generative(registry, body.model)
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if not prompts or len(prompts) * body.n > settings.max_batch_inputs:
+        raise _bad(f"send 1 to {settings.max_batch_inputs} prompts (times n)", "prompt")
+    encoded = [served.pipeline.prompt_ids(p) for p in prompts]
+    max_new = _budget(served, [len(e) for e in encoded], body.max_tokens, settings, 16)
+    params = _params(body, max_new)
+    batch = [e for e in encoded for _ in range(body.n)]
+    ident, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    prefix = [prompts[i // body.n] if body.echo else "" for i in range(len(batch))]
+    prompt_tokens = sum(len(e) for e in encoded)
+    cancel = threading.Event()
+    stream = _run_stream(served, batch, params, cancel, request.app.state.metrics)
+
+    def chunk(choices: list[dict], usage: dict | None = None) -> dict:
+        out = {"id": ident, "object": "text_completion", "created": created, "model": served.name, "choices": choices}
+        if body.stream_options and body.stream_options.include_usage:
+            out["usage"] = usage
+        return out
+
+    if body.stream:
+        async def events():
+            completion_tokens = 0
+            sent_prefix = set()
+            async for d in stream:
+                text = (prefix[d.index] if d.index not in sent_prefix else "") + d.text
+                sent_prefix.add(d.index)
+                completion_tokens += d.completion_tokens
+                yield _sse(chunk([{"index": d.index, "text": text, "logprobs": None, "finish_reason": d.finish_reason}]))
+            if body.stream_options and body.stream_options.include_usage:
+                yield _sse(chunk([], _usage(prompt_tokens, completion_tokens)))
+            yield _sse("[DONE]")
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    texts, reasons, counts = [""] * len(batch), ["length"] * len(batch), [0] * len(batch)
+    async for d in stream:
+        texts[d.index] += d.text
+        if d.finish_reason:
+            reasons[d.index], counts[d.index] = d.finish_reason, d.completion_tokens
+    return JSONResponse({
+        "id": ident, "object": "text_completion", "created": created, "model": served.name,
+        "choices": [{"index": i, "text": prefix[i] + t, "logprobs": None, "finish_reason": reasons[i]}
+                    for i, t in enumerate(texts)],
+        "usage": _usage(prompt_tokens, sum(counts)),
+    })
+
+
+def _message_text(message: ChatMessage) -> dict[str, str]:
+    content = message.content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if part.get("type") != "text":
+                raise _bad(f"content parts of type '{part.get('type')}' are not supported; send text", "messages")
+            parts.append(str(part.get("text", "")))
+        content = "".join(parts)
+    role = "system" if message.role == "developer" else message.role
+    return {"role": role, "content": content}
+
+
+@router.post("/chat/completions", summary="OpenAI-compatible chat completion", responses=OPENAI_ERRORS)
+async def chat_completions(body: ChatRequest, request: Request, registry: Registry, settings: Settings):
+    _unsupported(body)
+    served = _generative(registry, body.model)
+    if not served.pipeline.has_chat_template:
+        raise _bad(f"model '{served.name}' has no chat template; fine-tune it with `lmforge finetune chat` or use "
+                   "/v1/completions", "model")
+    prompt = served.pipeline.chat_prompt([_message_text(m) for m in body.messages])
+    requested = body.max_completion_tokens or body.max_tokens
+    max_new = _budget(served, [len(prompt)], requested, settings, None)
+    params = _params(body, max_new)
+    ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    cancel = threading.Event()
+    stream = _run_stream(served, [prompt] * body.n, params, cancel, request.app.state.metrics)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def chunk(choices: list[dict], usage: dict | None = None) -> dict:
+        out = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": served.name,
+               "choices": choices}
+        if include_usage:
+            out["usage"] = usage
+        return out
+
+    if body.stream:
+        async def events():
+            completion_tokens = 0
+            for i in range(body.n):
+                yield _sse(chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]))
+            async for d in stream:
+                completion_tokens += d.completion_tokens
+                if d.text:
+                    yield _sse(chunk([{"index": d.index, "delta": {"content": d.text}, "finish_reason": None}]))
+                if d.finish_reason:
+                    yield _sse(chunk([{"index": d.index, "delta": {}, "finish_reason": d.finish_reason}]))
+            if include_usage:
+                yield _sse(chunk([], _usage(len(prompt), completion_tokens)))
+            yield _sse("[DONE]")
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    texts, reasons, counts = [""] * body.n, ["length"] * body.n, [0] * body.n
+    async for d in stream:
+        texts[d.index] += d.text
+        if d.finish_reason:
+            reasons[d.index], counts[d.index] = d.finish_reason, d.completion_tokens
+    return JSONResponse({
+        "id": ident, "object": "chat.completion", "created": created, "model": served.name,
+        "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": reasons[i],
+                     "logprobs": None} for i, t in enumerate(texts)],
+        "usage": _usage(len(prompt), sum(counts)),
+    })

@@ -1,0 +1,60 @@
+"""GPT-style causal LM pretraining: packed full windows, overfit, standard HF artifacts, perplexity."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lmforge.data.token_cache import token_cache
+from lmforge.tasks.pretrain_clm import PackedWindows, document_stream
+from tests.helpers import losses
+
+
+def test_windows_are_full_and_documents_end_with_eos(tiny_corpus, bpe_dir):
+    tok = AutoTokenizer.from_pretrained(bpe_dir)
+    cache = token_cache(tok, [tiny_corpus])
+    stream = document_stream(cache, np.arange(cache.n_docs), tok.eos_token_id)
+    assert (stream == tok.eos_token_id).sum() == cache.n_docs
+    assert len(stream) == cache.n_tokens + cache.n_docs
+    windows = PackedWindows(stream, seq_len=64, batch_size=8, seed=0)
+    batch = windows.batch(0, 3)
+    assert batch["input_ids"].shape == (8, 64) and "attention_mask" not in batch  # nothing to pad
+    assert torch.equal(batch["input_ids"], batch["labels"])  # HF shifts inside the model
+    starts = {int(windows._plan(0)[0] + r * 64) for r in windows._plan(0)[1][:16]}
+    assert len(starts) == 16  # distinct windows
+    assert windows._plan(0)[0] != windows._plan(1)[0] or not np.array_equal(windows._plan(0)[1], windows._plan(1)[1])
+
+
+def test_clm_overfits_and_saves_a_standard_gpt2(cli, tmp_path, tiny_corpus, bpe_dir):
+    lines = tiny_corpus.read_text().split("\n\n")[0].splitlines()[:3]
+    small = tmp_path / "small.txt"
+    small.write_text("\n\n".join("\n".join(line[:200] for line in lines) for _ in range(10)) + "\n")
+    out = tmp_path / "gpt"
+    result = cli("pretrain", "--objective", "clm", "--corpus", small, "--tokenizer", bpe_dir, "--size", "tiny",
+                 "--set", "arch.n_embd=64", "--set", "arch.n_layer=2", "--set", "arch.n_head=2", "--seq-len", "32",
+                 "--batch-size", "8", "--max-steps", "120", "--lr", "3e-3", "--out", out, "--set", "eval_fraction=0",
+                 "--set", "train.log_every=10", "--set", "train.threads=2")
+    assert result.code == 0, result.text
+    curve = [loss for _, loss in losses(out)]
+    assert curve[0] > 5.5 and curve[-1] < 1.5, curve  # ln(500) = 6.2: the repeated text is memorised
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert type(model).__name__ == "GPT2LMHeadModel"
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    prompt = lines[0][:40]
+    ids = tok(prompt, return_tensors="pt")["input_ids"]
+    hf = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+    ours = cli("generate", out, prompt, "--max-new-tokens", "12", "--temperature", "0", "--json")
+    assert json.loads(ours.out)["text"] == tok.decode(hf[0, ids.shape[1]:], skip_special_tokens=True)
+    assert lines[0][40:60].strip()[:10] in json.loads(ours.out)["text"]  # it learned the text
+
+
+def test_evaluate_reports_perplexity(cli, gpt_run):
+    result = cli("evaluate", gpt_run, "--json")
+    assert result.code == 0, result.text
+    metrics = json.loads(result.out)
+    assert metrics["perplexity"] == pytest.approx(np.exp(metrics["loss"]), rel=1e-6)
+    assert metrics["task"] == "clm"
