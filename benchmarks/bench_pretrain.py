@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--tokenizer", default=None, help="WordPiece folder (default: trained here on the corpus)")
     args = parser.parse_args()
 
-    from transformers import (AutoTokenizer, BertForPreTraining, DataCollatorForLanguageModeling, Trainer,
+    from transformers import (AutoTokenizer, DataCollatorForLanguageModeling, Trainer,
                               TrainerCallback, TrainingArguments)
 
     from lmforge.config import PretrainConfig, TokenizerTrainConfig

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SUITE = ["bench_pretrain.py", "bench_finetune.py"]
+SUITE = ["bench_pretrain.py", "bench_finetune.py", "bench_pretrain_clm.py", "bench_generate.py", "bench_serve.py"]
 
 
 def main() -> None:
@@ -18,6 +18,8 @@ def main() -> None:
     print("\n== summary (benchmarks/out/*.json)")
     for path in sorted((HERE / "out").glob("*.json")):
         result = json.loads(path.read_text())
+        if "ratio" not in result:
+            continue
         print(f"   {result['benchmark']:28s} {result['unit']:>16s}  lmforge {result['lmforge'][result['unit']]:10.1f}"
               f"  HF {result['trainer'][result['unit']]:10.1f}  ratio {result['ratio']:.2f}x  ({result['hardware']})")
 

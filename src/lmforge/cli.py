@@ -12,7 +12,6 @@ from typing import Annotated, Optional
 import typer
 
 from lmforge.config import (
-    ClassifyTrainConfig,
     FinetuneChatConfig,
     FinetuneClassifyConfig,
     FinetuneCodeConfig,
@@ -57,8 +56,12 @@ LearningRate = Annotated[Optional[float], typer.Option("--lr", help="peak learni
 Seed = Annotated[Optional[int], typer.Option("--seed", help=field_help(PretrainTrainConfig, "seed"))]
 
 
-def _train_flags(max_steps, epochs, max_time, batch_size, lr, seed) -> dict:
+def _run_flags(out, resume, overwrite, max_steps, epochs, max_time, batch_size, lr, seed) -> dict:
+    """The flags every training command shares, mapped to their config keys."""
     return {
+        "out": (out, "--out"),
+        "resume": (_true_or_none(resume), "--resume"),
+        "overwrite": (_true_or_none(overwrite), "--overwrite"),
         "train.max_steps": (max_steps, "--max-steps"),
         "train.epochs": (epochs, "--epochs"),
         "train.max_time": (max_time, "--max-time"),
@@ -91,7 +94,6 @@ def datasets_list(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     """The bundled datasets: name, task, splits, size and license."""
-    from lmforge.data.readers import base_suffix
     from lmforge.data.registry import BUNDLED, file_size
 
     rows = []
@@ -173,9 +175,8 @@ def pretrain(
         PretrainConfig, file=config, sets=set_,
         flags={"objective": (objective, "--objective"), "corpus": (corpus, "--corpus"),
                "tokenizer": (tokenizer, "--tokenizer"), "size": (size, "--size"), "init": (init, "--init"),
-               "seq_len": (seq_len, "--seq-len"), "out": (out, "--out"),
-               "resume": (_true_or_none(resume), "--resume"), "overwrite": (_true_or_none(overwrite), "--overwrite"),
-               **_train_flags(max_steps, epochs, max_time, batch_size, lr, seed)},
+               "seq_len": (seq_len, "--seq-len"),
+               **_run_flags(out, resume, overwrite, max_steps, epochs, max_time, batch_size, lr, seed)},
     )
     summary = run_pretrain(cfg, show_progress=_state["progress"])
     _print_summary(summary)
@@ -208,9 +209,8 @@ def finetune_classify_cmd(
         FinetuneClassifyConfig, file=config, sets=set_,
         flags={"model": (model, "--model"), "data": (data, "--data"), "eval": (eval_, "--eval"),
                "text_field": (text_field, "--text-field"), "label_field": (label_field, "--label-field"),
-               "max_length": (max_length, "--max-length"), "out": (out, "--out"),
-               "resume": (_true_or_none(resume), "--resume"), "overwrite": (_true_or_none(overwrite), "--overwrite"),
-               **_train_flags(max_steps, epochs, max_time, batch_size, lr, seed)},
+               "max_length": (max_length, "--max-length"),
+               **_run_flags(out, resume, overwrite, max_steps, epochs, max_time, batch_size, lr, seed)},
     )
     summary = finetune_classify(cfg, show_progress=_state["progress"])
     _print_summary(summary)
@@ -240,9 +240,8 @@ def finetune_chat_cmd(
     cfg = build_config(
         FinetuneChatConfig, file=config, sets=set_,
         flags={"model": (model, "--model"), "data": (data, "--data"), "eval": (eval_, "--eval"),
-               "max_length": (max_length, "--max-length"), "out": (out, "--out"),
-               "resume": (_true_or_none(resume), "--resume"), "overwrite": (_true_or_none(overwrite), "--overwrite"),
-               **_train_flags(max_steps, epochs, max_time, batch_size, lr, seed)},
+               "max_length": (max_length, "--max-length"),
+               **_run_flags(out, resume, overwrite, max_steps, epochs, max_time, batch_size, lr, seed)},
     )
     _print_summary(finetune_chat(cfg, show_progress=_state["progress"]))
 
@@ -271,9 +270,8 @@ def finetune_code_cmd(
     cfg = build_config(
         FinetuneCodeConfig, file=config, sets=set_,
         flags={"model": (model, "--model"), "data": (data, "--data"), "eval": (eval_, "--eval"),
-               "seq_len": (seq_len, "--seq-len"), "out": (out, "--out"),
-               "resume": (_true_or_none(resume), "--resume"), "overwrite": (_true_or_none(overwrite), "--overwrite"),
-               **_train_flags(max_steps, epochs, max_time, batch_size, lr, seed)},
+               "seq_len": (seq_len, "--seq-len"),
+               **_run_flags(out, resume, overwrite, max_steps, epochs, max_time, batch_size, lr, seed)},
     )
     _print_summary(finetune_code(cfg, show_progress=_state["progress"]))
 

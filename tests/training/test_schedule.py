@@ -24,3 +24,10 @@ def test_time_budget_drives_the_decay():
     s = Schedule.create("linear", total_steps=1000, warmup=0, max_time=60.0)
     assert s.factor(10, elapsed=30.0) == pytest.approx(0.5)  # half the time used: half the LR left
     assert s.factor(10, elapsed=60.0) == 0.0
+
+
+def test_warmup_follows_the_time_budget_too():
+    s = Schedule.create("linear", total_steps=10_000, warmup=0.1, max_time=100.0)
+    assert s.factor(5, elapsed=5.0) == pytest.approx(0.5)  # 5% of the time: half-way through a 10% warmup
+    assert s.factor(6, elapsed=10.0) == pytest.approx(1.0)
+    assert s.factor(7, elapsed=55.0) == pytest.approx(0.5)

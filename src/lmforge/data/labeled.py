@@ -83,7 +83,7 @@ def check_class_counts(data: TextLabelData, min_count: int) -> None:
         only = next(iter(counts), "(none)")
         raise DataError(
             f"{data.spec} has only one label ('{only}'); classification needs at least two",
-            fix=f"check the label field, or add examples of the other classes",
+            fix="check the label field, or add examples of the other classes",
         )
     small = sorted((n, label) for label, n in counts.items() if n < min_count)
     if small:

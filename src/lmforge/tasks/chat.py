@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +19,8 @@ from lmforge.data.batching import length_grouped_batches
 from lmforge.data.conversations import Conversations, load_conversations
 from lmforge.errors import DataError
 from lmforge.rundir import RunDir, file_fingerprint
-from lmforge.training.loop import TaskSpec, seed_everything, train
+from lmforge.tasks.common import hf_saver, run_stage
+from lmforge.training.loop import TaskSpec, seed_everything
 
 log = logging.getLogger("lmforge")
 
@@ -141,15 +141,11 @@ def prepare_chat(config: FinetuneChatConfig) -> tuple[TaskSpec, RunDir]:
                "chat_template": "ChatML (<|im_start|>role ... <|im_end|>)"},
     )
 
-    def save(model_: torch.nn.Module, path: Path) -> None:
-        model_.save_pretrained(path, safe_serialization=True)
-        tokenizer.save_pretrained(path)
-
     task = TaskSpec(
         name="finetune chat",
         model=model,
         train_data=ChatBatches(train_enc, config.train.batch_size, config.train.seed, pad_id),
-        save_model=save,
+        save_model=hf_saver(tokenizer),
         evaluate=lambda m: score_batches(m, dev_batches),
         best_metric="loss",
         greater_is_better=False,
@@ -159,10 +155,7 @@ def prepare_chat(config: FinetuneChatConfig) -> tuple[TaskSpec, RunDir]:
 
 
 def finetune_chat(config: FinetuneChatConfig, *, show_progress: bool = True) -> dict:
-    task, run = prepare_chat(config)
-    result = train(task, config.train, run, resume=config.resume, show_progress=show_progress)
-    return {"run": str(run.root), "steps": result.steps, "epochs": result.epochs, "elapsed_s": round(result.elapsed, 1),
-            "stopped_by": result.stopped_by, "best": result.best, "last_eval": result.last_eval}
+    return run_stage(prepare_chat(config), config, show_progress)
 
 
 def evaluate_chat_run(run: RunDir, info: dict, data: str | None) -> dict:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,11 +15,11 @@ import torch
 from lmforge.config import FinetuneClassifyConfig
 from lmforge.data.batching import length_grouped_batches, pad_batch
 from lmforge.data.labeled import TextLabelData, check_class_counts, check_labels_known, load_text_label
-from lmforge.data.registry import split_spec
 from lmforge.data.readers import resolve
 from lmforge.errors import DataError
 from lmforge.rundir import RunDir, file_fingerprint
-from lmforge.training.loop import TaskSpec, TrainResult, seed_everything, train
+from lmforge.tasks.common import hf_saver, run_stage
+from lmforge.training.loop import TaskSpec, seed_everything
 
 log = logging.getLogger("lmforge")
 
@@ -160,15 +159,11 @@ def prepare_classify(config: FinetuneClassifyConfig) -> tuple[TaskSpec, RunDir]:
         pad_multiple=8 if torch.cuda.is_available() else 1,
     )
 
-    def save(model_: torch.nn.Module, path: Path) -> None:
-        model_.save_pretrained(path, safe_serialization=True)
-        tokenizer.save_pretrained(path)
-
     task = TaskSpec(
         name="finetune classify",
         model=model,
         train_data=batches,
-        save_model=save,
+        save_model=hf_saver(tokenizer),
         evaluate=lambda m: evaluate_logits(m, dev_ids, dev_labels, pad_id, config.train.batch_size * 2),
         best_metric=config.best_metric,
         greater_is_better=config.best_metric != "loss",
@@ -179,7 +174,4 @@ def prepare_classify(config: FinetuneClassifyConfig) -> tuple[TaskSpec, RunDir]:
 
 def finetune_classify(config: FinetuneClassifyConfig, *, show_progress: bool = True) -> dict:
     """Fine-tune a classifier; returns a summary (run dir, steps, dev metrics of the kept model)."""
-    task, run = prepare_classify(config)
-    result: TrainResult = train(task, config.train, run, resume=config.resume, show_progress=show_progress)
-    return {"run": str(run.root), "steps": result.steps, "epochs": result.epochs, "elapsed_s": round(result.elapsed, 1),
-            "stopped_by": result.stopped_by, "best": result.best, "last_eval": result.last_eval}
+    return run_stage(prepare_classify(config), config, show_progress)

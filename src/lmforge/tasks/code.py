@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import ast
 import logging
-from pathlib import Path
 
 import numpy as np
-import torch
 
 from lmforge.config import FinetuneCodeConfig
 from lmforge.data.conversations import CodeRows, load_code
 from lmforge.data.readers import resolve
 from lmforge.errors import DataError
 from lmforge.rundir import RunDir, file_fingerprint
-from lmforge.training.loop import TaskSpec, seed_everything, train
+from lmforge.tasks.common import hf_saver, run_stage
+from lmforge.training.loop import TaskSpec, seed_everything
 
 log = logging.getLogger("lmforge")
 
@@ -105,15 +104,11 @@ def prepare_code(config: FinetuneCodeConfig) -> tuple[TaskSpec, RunDir]:
                         "dev": {"spec": dev_name, "functions": len(dev_rows)}}},
     )
 
-    def save(model_: torch.nn.Module, path: Path) -> None:
-        model_.save_pretrained(path, safe_serialization=True)
-        tokenizer.save_pretrained(path)
-
     task = TaskSpec(
         name="finetune code",
         model=model,
         train_data=PackedWindows(stream, config.seq_len, config.train.batch_size, config.train.seed),
-        save_model=save,
+        save_model=hf_saver(tokenizer),
         evaluate=(lambda m: score_lm(m, dev_batches)) if dev_batches else None,
         best_metric="loss" if dev_batches else None,
         greater_is_better=False,
@@ -123,10 +118,7 @@ def prepare_code(config: FinetuneCodeConfig) -> tuple[TaskSpec, RunDir]:
 
 
 def finetune_code(config: FinetuneCodeConfig, *, show_progress: bool = True) -> dict:
-    task, run = prepare_code(config)
-    result = train(task, config.train, run, resume=config.resume, show_progress=show_progress)
-    return {"run": str(run.root), "steps": result.steps, "epochs": result.epochs, "elapsed_s": round(result.elapsed, 1),
-            "stopped_by": result.stopped_by, "best": result.best, "last_eval": result.last_eval}
+    return run_stage(prepare_code(config), config, show_progress)
 
 
 def evaluate_code_run(run: RunDir, info: dict, data: str | None, *, limit: int | None = None,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,8 +17,8 @@ import torch
 from lmforge.config import PretrainConfig
 from lmforge.data.token_cache import TokenCache, split_documents, token_cache
 from lmforge.errors import DataError, ModelLoadError
-from lmforge.rundir import RunDir, file_fingerprint
-from lmforge.training.loop import TaskSpec, seed_everything, train
+from lmforge.rundir import RunDir
+from lmforge.tasks.common import TaskSpec, corpus_info, hf_saver, pretraining_model, run_stage
 
 log = logging.getLogger("lmforge")
 
@@ -100,7 +99,7 @@ def _eos_id(tokenizer) -> int:
 def prepare_clm(config: PretrainConfig) -> tuple[TaskSpec, RunDir, int]:
     from transformers import AutoModelForCausalLM
 
-    from lmforge.models import SCRATCH_LR, build_gpt, from_pretrained
+    from lmforge.models import build_gpt
     from lmforge.tasks.pretrain_mlm_nsp import resolve_tokenizer
     from lmforge.tokenizer import corpus_files
 
@@ -118,21 +117,8 @@ def prepare_clm(config: PretrainConfig) -> tuple[TaskSpec, RunDir, int]:
             fix="add text, or lower --seq-len / --batch-size",
         )
     run = RunDir.create(config.out, overwrite=config.overwrite, resume=config.resume)
-    if config.train.lr is None:
-        config.train.lr = 1e-4 if config.init else SCRATCH_LR[config.size]
-    if config.train.max_steps is None and config.train.epochs is None and config.train.max_time is None:
-        config.train.epochs = 1.0
-    seed_everything(config.train.seed)
-    if config.init:
-        model = from_pretrained(AutoModelForCausalLM, config.init, attn_implementation="sdpa")
-        if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-            raise ModelLoadError(
-                f"tokenizer {tokenizer_spec} has {len(tokenizer)} tokens, model {config.init} only "
-                f"{model.get_input_embeddings().weight.shape[0]}",
-                fix="use the model's own tokenizer (leave out --tokenizer)",
-            )
-    else:
-        model = build_gpt(config.size, tokenizer, config.seq_len, config.arch)
+    model = pretraining_model(config, tokenizer, tokenizer_spec, AutoModelForCausalLM,
+                              lambda: build_gpt(config.size, tokenizer, config.seq_len, config.arch))
     n_params = sum(p.numel() for p in model.parameters())
     eval_stream = document_stream(cache, eval_docs, eos)
     eval_batches = fixed_windows(eval_stream, config.seq_len, config.max_eval_sequences, config.train.batch_size)
@@ -140,21 +126,15 @@ def prepare_clm(config: PretrainConfig) -> tuple[TaskSpec, RunDir, int]:
         stage="pretrain",
         task="clm",
         config=config,
-        extra={"parameters": n_params,
-               "corpus": {"files": [file_fingerprint(f) for f in files], "tokens": cache.n_tokens,
-                          "documents": cache.n_docs, "eval_documents": len(eval_docs), "cache": str(cache.folder)}},
+        extra={"parameters": n_params, "corpus": corpus_info(files, cache, eval_docs)},
     )
     log.info("pretraining a causal LM (%.1fM parameters) on %s tokens", n_params / 1e6, f"{len(train_stream):,}")
-
-    def save(model_: torch.nn.Module, path: Path) -> None:
-        model_.save_pretrained(path, safe_serialization=True)
-        tokenizer.save_pretrained(path)
 
     task = TaskSpec(
         name="pretrain clm",
         model=model,
         train_data=PackedWindows(train_stream, config.seq_len, config.train.batch_size, config.train.seed),
-        save_model=save,
+        save_model=hf_saver(tokenizer),
         evaluate=(lambda m: score_lm(m, eval_batches)) if eval_batches else None,
         count_tokens=lambda b: b["input_ids"].numel(),
         eval_times=10,
@@ -163,10 +143,7 @@ def prepare_clm(config: PretrainConfig) -> tuple[TaskSpec, RunDir, int]:
 
 
 def pretrain_clm(config: PretrainConfig, *, show_progress: bool = True) -> dict:
-    task, run, n_params = prepare_clm(config)
-    result = train(task, config.train, run, resume=config.resume, show_progress=show_progress)
-    return {"run": str(run.root), "steps": result.steps, "epochs": result.epochs, "elapsed_s": round(result.elapsed, 1),
-            "stopped_by": result.stopped_by, "last_eval": result.last_eval, "parameters": n_params}
+    return run_stage(prepare_clm(config), config, show_progress)
 
 
 def evaluate_lm_run(run: RunDir, info: dict, data: str | None) -> dict:

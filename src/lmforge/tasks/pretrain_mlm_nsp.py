@@ -27,8 +27,8 @@ from lmforge.config import PretrainConfig
 from lmforge.data.batching import length_grouped_batches
 from lmforge.data.token_cache import TokenCache, split_documents, token_cache
 from lmforge.errors import DataError, ModelLoadError
-from lmforge.rundir import RunDir, file_fingerprint
-from lmforge.training.loop import TaskSpec, seed_everything, train
+from lmforge.rundir import RunDir
+from lmforge.tasks.common import TaskSpec, corpus_info, hf_saver, pretraining_model, run_stage
 
 log = logging.getLogger("lmforge")
 NOT_NEXT = 1
@@ -281,7 +281,7 @@ def prepare_pretraining(config: PretrainConfig) -> tuple[TaskSpec, RunDir, int]:
     """Validate inputs, build the token cache, the run dir and the model: everything but the training itself."""
     from transformers import BertForPreTraining
 
-    from lmforge.models import SCRATCH_LR, build_bert_pretraining, from_pretrained
+    from lmforge.models import build_bert_pretraining
 
     tokenizer, tokenizer_spec = resolve_tokenizer(config)
     _check_tokenizer(tokenizer, tokenizer_spec)
@@ -293,31 +293,14 @@ def prepare_pretraining(config: PretrainConfig) -> tuple[TaskSpec, RunDir, int]:
             fix="separate documents with a blank line, or add documents",
         )
     run = RunDir.create(config.out, overwrite=config.overwrite, resume=config.resume)
-    if config.train.lr is None:
-        config.train.lr = 1e-4 if config.init else SCRATCH_LR[config.size]
-    if config.train.max_steps is None and config.train.epochs is None and config.train.max_time is None:
-        config.train.epochs = 1.0
-    seed_everything(config.train.seed)
-    if config.init:
-        model = from_pretrained(BertForPreTraining, config.init, attn_implementation="sdpa")
-        if model.config.vocab_size < len(tokenizer):
-            raise ModelLoadError(
-                f"tokenizer {tokenizer_spec} has {len(tokenizer)} tokens, model {config.init} only "
-                f"{model.config.vocab_size}",
-                fix="use the model's own tokenizer (leave out --tokenizer)",
-            )
-    else:
-        model = build_bert_pretraining(config.size, tokenizer, config.seq_len, config.arch)
+    model = pretraining_model(config, tokenizer, tokenizer_spec, BertForPreTraining,
+                              lambda: build_bert_pretraining(config.size, tokenizer, config.seq_len, config.arch))
     n_params = sum(p.numel() for p in model.parameters())
     run.write_info(
         stage="pretrain",
         task="mlm-nsp",
         config=config,
-        extra={
-            "parameters": n_params,
-            "corpus": {"files": [file_fingerprint(f) for f in files], "tokens": cache.n_tokens,
-                       "documents": cache.n_docs, "eval_documents": len(eval_docs), "cache": str(cache.folder)},
-        },
+        extra={"parameters": n_params, "corpus": corpus_info(files, cache, eval_docs)},
     )
     source = MlmNspBatches(cache, train_docs, tokenizer, config.seq_len, config.train.batch_size, config.mask_prob,
                            config.train.seed, model.config.vocab_size)
@@ -327,15 +310,11 @@ def prepare_pretraining(config: PretrainConfig) -> tuple[TaskSpec, RunDir, int]:
     log.info("pretraining %s (%.1fM parameters) on %s tokens in %d documents", config.size if not config.init else config.init,
              n_params / 1e6, f"{cache.n_tokens:,}", cache.n_docs)
 
-    def save(wrapper: torch.nn.Module, path: Path) -> None:
-        wrapper.model.save_pretrained(path, safe_serialization=True)
-        tokenizer.save_pretrained(path)
-
     task = TaskSpec(
         name="pretrain mlm-nsp",
         model=MaskedPositionsPretraining(model),
         train_data=source,
-        save_model=save,
+        save_model=hf_saver(tokenizer, unwrap=lambda wrapper: wrapper.model),
         evaluate=(lambda m: score(m, eval_batches)) if eval_batches else None,
         count_tokens=lambda b: int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel(),
         eval_times=10,
@@ -344,10 +323,7 @@ def prepare_pretraining(config: PretrainConfig) -> tuple[TaskSpec, RunDir, int]:
 
 
 def pretrain_mlm_nsp(config: PretrainConfig, *, show_progress: bool = True) -> dict:
-    task, run, n_params = prepare_pretraining(config)
-    result = train(task, config.train, run, resume=config.resume, show_progress=show_progress)
-    return {"run": str(run.root), "steps": result.steps, "epochs": result.epochs, "elapsed_s": round(result.elapsed, 1),
-            "stopped_by": result.stopped_by, "last_eval": result.last_eval, "parameters": n_params}
+    return run_stage(prepare_pretraining(config), config, show_progress)
 
 
 def evaluate_pretraining_run(run: RunDir, info: dict, data: str | None) -> dict:

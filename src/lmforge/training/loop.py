@@ -155,9 +155,17 @@ def train(task: TaskSpec, cfg: TrainConfig, run: RunDir, *, resume: bool = False
     if use_compile:
         model = torch.compile(model)
 
-    micro_per_epoch = task.train_data.num_batches(0) // world
+    # whole optimizer steps per epoch: an epoch never ends half-way through gradient accumulation, so epoch-end
+    # evaluations and checkpoints always fall on a step boundary
+    micro_per_epoch = task.train_data.num_batches(0) // world // cfg.grad_accum * cfg.grad_accum
     if micro_per_epoch < 1:
-        raise ValueError("the training data gives no batch for every process; use fewer processes or more data")
+        from lmforge.errors import DataError
+
+        raise DataError(
+            f"the training data gives {task.train_data.num_batches(0)} batch(es) of {cfg.batch_size}: too few for "
+            f"{world} process(es) x {cfg.grad_accum} accumulation step(s)",
+            fix="add data, or lower --batch-size / train.grad_accum / the number of processes",
+        )
     steps_per_epoch = max(1, micro_per_epoch // cfg.grad_accum)
     if cfg.max_steps:
         total_steps = cfg.max_steps

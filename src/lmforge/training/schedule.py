@@ -29,15 +29,18 @@ class Schedule:
         return min(1.0, max(by_steps, by_time))
 
     def factor(self, step: int, elapsed: float = 0.0) -> float:
-        """LR multiplier for the optimizer step numbered ``step`` (0-based)."""
-        if step < self.warmup_steps:
-            return (step + 1) / (self.warmup_steps + 1)
+        """LR multiplier for the optimizer step numbered ``step`` (0-based), ``elapsed`` seconds into the run."""
+        by_time = elapsed / self.max_time if self.max_time else 0.0
+        warm_share = self.warmup_steps / self.total_steps
+        if self.warmup_steps:
+            # warmup ends after its steps, or after its share of the time budget, whichever comes first
+            warm = max((step + 1) / (self.warmup_steps + 1), by_time / warm_share)
+            if warm < 1.0:
+                return warm
         if self.kind == "constant":
             return 1.0
         done = self.progress(step, elapsed)
-        start = self.warmup_steps / self.total_steps
-        frac = 0.0 if done <= start else (done - start) / max(1e-9, 1.0 - start)
-        frac = min(1.0, frac)
+        frac = min(1.0, max(0.0, (done - warm_share) / max(1e-9, 1.0 - warm_share)))
         if self.kind == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * frac))
         return max(0.0, 1.0 - frac)

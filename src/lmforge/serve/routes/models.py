@@ -4,7 +4,7 @@ from fastapi import APIRouter, HTTPException
 
 from lmforge.serve.deps import ApiKey, Ready, Registry
 from lmforge.serve.registry import ServedModel
-from lmforge.serve.schemas import ERRORS, ModelCard, ModelDetail, ModelList
+from lmforge.serve.schemas import ERRORS, ModelDetail, ModelList
 
 router = APIRouter(prefix="/v1", tags=["models"], dependencies=[ApiKey, Ready])
 

@@ -193,6 +193,16 @@ async def _run_stream(served: ServedModel, prompts: list, params: SamplingParams
         future.add_done_callback(lambda f: f.exception())  # retrieve, so nothing is logged as unhandled
 
 
+async def _collect(stream: AsyncIterator[Delta], count: int) -> tuple[list[str], list[str], list[int]]:
+    """Drain a stream into per-choice texts, finish reasons and completion token counts."""
+    texts, reasons, counts = [""] * count, ["length"] * count, [0] * count
+    async for d in stream:
+        texts[d.index] += d.text
+        if d.finish_reason:
+            reasons[d.index], counts[d.index] = d.finish_reason, d.completion_tokens
+    return texts, reasons, counts
+
+
 def _sse(data: dict | str) -> bytes:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
@@ -239,11 +249,7 @@ async def completions(body: CompletionRequest, request: Request, registry: Regis
             yield _sse("[DONE]")
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    texts, reasons, counts = [""] * len(batch), ["length"] * len(batch), [0] * len(batch)
-    async for d in stream:
-        texts[d.index] += d.text
-        if d.finish_reason:
-            reasons[d.index], counts[d.index] = d.finish_reason, d.completion_tokens
+    texts, reasons, counts = await _collect(stream, len(batch))
     return JSONResponse({
         "id": ident, "object": "text_completion", "created": created, "model": served.name,
         "choices": [{"index": i, "text": prefix[i] + t, "logprobs": None, "finish_reason": reasons[i]}
@@ -304,11 +310,7 @@ async def chat_completions(body: ChatRequest, request: Request, registry: Regist
             yield _sse("[DONE]")
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    texts, reasons, counts = [""] * body.n, ["length"] * body.n, [0] * body.n
-    async for d in stream:
-        texts[d.index] += d.text
-        if d.finish_reason:
-            reasons[d.index], counts[d.index] = d.finish_reason, d.completion_tokens
+    texts, reasons, counts = await _collect(stream, body.n)
     return JSONResponse({
         "id": ident, "object": "chat.completion", "created": created, "model": served.name,
         "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": reasons[i],
