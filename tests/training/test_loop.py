@@ -41,3 +41,18 @@ def test_checkpoints_are_kept_to_the_newest_k_and_metrics_have_everything(tmp_pa
     assert {"loss", "lr", "tokens_per_s", "examples_per_s", "elapsed_s", "epoch"} <= set(steps[0])
     assert [r["step"] for r in rows if "eval" in r] == [6, 12]
     assert (run / "loss.png").stat().st_size > 1000
+
+
+def test_a_time_budget_alone_runs_epoch_after_epoch_until_the_deadline(cli, tmp_path, tiny_corpus, wordpiece_dir):
+    from tests.helpers import pretrain_args
+
+    lines = tiny_corpus.read_text().split("\n\n")[0].splitlines()[:4]
+    small = tmp_path / "small.txt"
+    small.write_text("\n\n".join("\n".join(lines) for _ in range(6)) + "\n")
+    out = tmp_path / "bert"
+    result = cli(*pretrain_args(small, wordpiece_dir, out, "--max-time", "3s", "--set", "train.log_every=5"))
+    assert result.code == 0, result.text
+    assert "stopped by: max_time" in result.out
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["epoch"] for r in rows) > 2  # many passes over the small corpus, not one
+    assert len([r for r in rows if "eval" in r]) >= 3  # evaluations spread over the time budget

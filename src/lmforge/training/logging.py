@@ -59,7 +59,7 @@ def _fmt_seconds(seconds: float) -> str:
 class Progress:
     """A rich progress bar on a terminal; a plain line every ``quiet_every`` seconds otherwise (CI logs)."""
 
-    def __init__(self, total: int, start: int, enabled: bool, description: str, quiet_every: float = 30.0) -> None:
+    def __init__(self, total: int | None, start: int, enabled: bool, description: str, quiet_every: float = 30.0) -> None:
         self.enabled = enabled
         self.total = total
         self.quiet_every = quiet_every
@@ -91,7 +91,7 @@ class Progress:
             self._bar.update(self._task, completed=step, stats=text)
         elif time.monotonic() - self._last_line >= self.quiet_every:
             self._last_line = time.monotonic()
-            log.info("step %d/%d  %s", step, self.total, text)
+            log.info("step %d%s  %s", step, f"/{self.total}" if self.total else "", text)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -167,11 +167,17 @@ def train(task: TaskSpec, cfg: TrainConfig, run: RunDir, *, resume: bool = False
             fix="add data, or lower --batch-size / train.grad_accum / the number of processes",
         )
     steps_per_epoch = max(1, micro_per_epoch // cfg.grad_accum)
+    # budgets: steps, epochs or wall time (whichever ends first); with only a time budget the run goes on, epoch
+    # after epoch, until the time is up, and the schedule follows the clock
     if cfg.max_steps:
-        total_steps = cfg.max_steps
+        total_steps: int | None = cfg.max_steps
+    elif cfg.epochs:
+        total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    elif cfg.max_time:
+        total_steps = None
     else:
-        total_steps = max(1, math.ceil((cfg.epochs or 1.0) * steps_per_epoch))
-    schedule = Schedule.create(cfg.schedule, total_steps, cfg.warmup, cfg.max_time)
+        total_steps = steps_per_epoch
+    schedule = Schedule.create(cfg.schedule, total_steps or 10**12, cfg.warmup, cfg.max_time)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
 
     metrics = MetricsLog(run.metrics_path, enabled=main)
@@ -195,8 +201,12 @@ def train(task: TaskSpec, cfg: TrainConfig, run: RunDir, *, resume: bool = False
 
     eval_every = cfg.eval_every
     save_every = cfg.save_every
+    eval_interval = None  # seconds between evaluations, for time-only budgets
     if eval_every is None and task.eval_times:
-        eval_every = max(1, total_steps // task.eval_times)
+        if total_steps:
+            eval_every = max(1, total_steps // task.eval_times)
+        else:
+            eval_interval = cfg.max_time / task.eval_times
     last_eval: dict[str, float] = {}
     evaluated_at = -1
     saved_at = -1
@@ -235,11 +245,12 @@ def train(task: TaskSpec, cfg: TrainConfig, run: RunDir, *, resume: bool = False
     progress = Progress(total_steps, step, enabled=main and show_progress, description=task.name)
     raw_model.train()
     window = {"loss": torch.zeros((), device=device), "n": 0, "tokens": 0, "examples": 0, "t": time.monotonic()}
-    stopped_by = "max_steps" if cfg.max_steps else "epochs"
+    stopped_by = "max_steps" if cfg.max_steps else "epochs" if total_steps else "max_time"
     micro = 0
     step_tokens = 0
     progress_start = step
-    done = step >= total_steps
+    done = total_steps is not None and step >= total_steps
+    next_eval = (elapsed_before // eval_interval + 1) * eval_interval if eval_interval else None
     try:
         while not done:
             dataset = _BatchDataset(task.train_data, epoch, position, micro_per_epoch, rank, world)
@@ -295,7 +306,7 @@ def train(task: TaskSpec, cfg: TrainConfig, run: RunDir, *, resume: bool = False
                         record["tokens_per_s"] = window["tokens"] * world / span
                     metrics.write(record)
                     rate = (step - progress_start) / max(1e-9, time.monotonic() - start_time)
-                    eta = (total_steps - step) / rate if rate > 0 else None
+                    eta = (total_steps - step) / rate if rate > 0 and total_steps else None
                     if cfg.max_time:
                         eta = min(eta or cfg.max_time, max(0.0, cfg.max_time - elapsed()))
                     progress.update(step, {"loss": loss_value, "tok/s": round(record.get("tokens_per_s", 0)) or None,
@@ -306,11 +317,17 @@ def train(task: TaskSpec, cfg: TrainConfig, run: RunDir, *, resume: bool = False
                 if world > 1:
                     flag = torch.tensor([1.0 if out_of_time else 0.0], device=device)
                     out_of_time = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
-                done = step >= total_steps or out_of_time
+                done = (total_steps is not None and step >= total_steps) or out_of_time
                 if out_of_time:
                     stopped_by = "max_time"
                 paused = time.monotonic()
-                if eval_every and step % eval_every == 0 and not done:
+                time_for_eval = next_eval is not None and elapsed() >= next_eval
+                if world > 1 and next_eval is not None:  # every rank must agree, or they would wait on each other
+                    flag = torch.tensor([1.0 if time_for_eval else 0.0], device=device)
+                    time_for_eval = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+                if time_for_eval:
+                    next_eval += eval_interval
+                if ((eval_every and step % eval_every == 0) or time_for_eval) and not done:
                     run_eval()
                     if save_every is None:
                         save_checkpoint()
@@ -322,7 +339,7 @@ def train(task: TaskSpec, cfg: TrainConfig, run: RunDir, *, resume: bool = False
             else:
                 # the epoch ran out: next epoch (evaluate at epoch ends unless a step interval is set)
                 epoch, position = epoch + 1, 0
-                if eval_every is None and step < total_steps:
+                if eval_every is None and eval_interval is None and (total_steps is None or step < total_steps):
                     run_eval()
                     if save_every is None:
                         save_checkpoint()
