@@ -49,7 +49,7 @@ def test_clm_overfits_and_saves_a_standard_gpt2(cli, tmp_path, tiny_corpus, bpe_
     hf = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
     ours = cli("generate", out, prompt, "--max-new-tokens", "12", "--temperature", "0", "--json")
     assert json.loads(ours.out)["text"] == tok.decode(hf[0, ids.shape[1]:], skip_special_tokens=True)
-    assert lines[0][40:60].strip()[:10] in json.loads(ours.out)["text"]  # it learned the text
+    assert json.loads(ours.out)["text"].startswith(lines[0][40:47])  # it continues the memorised line
 
 
 def test_evaluate_reports_perplexity(cli, gpt_run):

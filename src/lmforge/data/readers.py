@@ -21,6 +21,7 @@ from lmforge.errors import DataError
 RECORD_FORMATS = (".jsonl", ".csv", ".tsv", ".parquet")
 CORPUS_FORMATS = (".txt",)
 ALL_FORMATS = RECORD_FORMATS + CORPUS_FORMATS
+TEXT_FIELDS = ("text", "code", "content")
 
 
 def base_suffix(path: Path) -> str:
@@ -229,16 +230,22 @@ def read_records(source: DataSource, problems: Problems | None = None) -> list[R
 def iter_documents(files: list[Path]) -> Iterator[list[str]]:
     """Stream documents (lists of non-empty lines) from corpus files; a blank line ends a document.
 
-    Record files (.jsonl/.csv/...) are read as one document per record, from their ``text`` field.
+    Record files (.jsonl/.csv/...) are read as one document per record, from the first of the fields ``text``,
+    ``code``, ``content`` they have (so the bundled ``code`` rows can join a tokenizer's training text).
     """
     problems = Problems()
     for path in files:
         _check_nonempty(path)
         if base_suffix(path) != ".txt":
             for record in read_records(DataSource(str(path), [path])):
-                text = record.data.get("text")
-                if isinstance(text, str) and text.strip():
-                    yield [line for line in text.splitlines() if line.strip()]
+                field = next((f for f in TEXT_FIELDS if isinstance(record.data.get(f), str)), None)
+                if field is None:
+                    problems.add(f"{record.where}: no text field ({', '.join(TEXT_FIELDS)}); "
+                                 f"fields present: {', '.join(record.data) or '(none)'}")
+                    continue
+                lines = [line.rstrip() for line in record.data[field].splitlines()]
+                if any(lines):
+                    yield [line for line in lines if line.strip()] if field != "code" else [x for x in lines if x]
             continue
         doc: list[str] = []
         for _, text in _decode_lines(path, problems):
@@ -254,6 +261,7 @@ def iter_documents(files: list[Path]) -> Iterator[list[str]]:
 
 
 def iter_corpus_lines(files: list[Path]) -> Iterator[str]:
-    """Every non-empty line of a corpus (for tokenizer training)."""
+    """Every non-empty line of a corpus with its line break, as the token cache will see it (tokenizer training)."""
     for doc in iter_documents(files):
-        yield from doc
+        for line in doc:
+            yield line + "\n"

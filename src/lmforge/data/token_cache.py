@@ -22,7 +22,7 @@ from lmforge.data.readers import iter_documents
 from lmforge.rundir import file_fingerprint
 
 log = logging.getLogger("lmforge")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: every line ends with "\n" (a token for byte-level BPE, nothing for WordPiece)
 CHUNK_LINES = 8192
 
 
@@ -99,7 +99,8 @@ def _token_cache(tokenizer, files: list[Path], settings: dict | None = None) -> 
             nonlocal n_tokens
             if not pending:
                 return
-            encodings = backend.encode_batch(pending, add_special_tokens=False)
+            # the line break is part of the text a causal LM must learn to write; WordPiece drops it as whitespace
+            encodings = backend.encode_batch([line + "\n" for line in pending], add_special_tokens=False)
             ids = [e.ids for e in encodings]
             line_lengths.extend(len(x) for x in ids)
             flat = np.concatenate([np.asarray(x, dtype=dtype) for x in ids]) if ids else np.zeros(0, dtype)
