@@ -58,3 +58,26 @@ def test_evaluate_reports_perplexity(cli, gpt_run):
     metrics = json.loads(result.out)
     assert metrics["perplexity"] == pytest.approx(np.exp(metrics["loss"]), rel=1e-6)
     assert metrics["task"] == "clm"
+
+
+def test_chunked_head_loss_and_gradients_equal_the_hf_head():
+    import copy
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lmforge.tasks.lm_loss import CausalLMObjective
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_embd=32, n_layer=2, n_head=2, resid_pdrop=0, embd_pdrop=0,
+                                       attn_pdrop=0))
+    ids = torch.randint(0, 300, (3, 29))
+    labels = ids.clone()
+    labels[0, :10] = -100  # e.g. a prompt that carries no loss
+    twin = copy.deepcopy(model)
+    reference = model(input_ids=ids, labels=labels).loss
+    reference.backward()
+    ours = CausalLMObjective(twin, chunk=7)(input_ids=ids, labels=labels).loss  # chunks that do not divide evenly
+    ours.backward()
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+    for (name, a), (_, b) in zip(model.named_parameters(), twin.named_parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)

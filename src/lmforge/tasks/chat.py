@@ -20,6 +20,7 @@ from lmforge.data.conversations import Conversations, load_conversations
 from lmforge.errors import DataError
 from lmforge.rundir import RunDir, file_fingerprint
 from lmforge.tasks.common import hf_saver, run_stage
+from lmforge.tasks.lm_loss import CausalLMObjective
 from lmforge.training.loop import TaskSpec, seed_everything
 
 log = logging.getLogger("lmforge")
@@ -143,10 +144,10 @@ def prepare_chat(config: FinetuneChatConfig) -> tuple[TaskSpec, RunDir]:
 
     task = TaskSpec(
         name="finetune chat",
-        model=model,
+        model=CausalLMObjective(model),
         train_data=ChatBatches(train_enc, config.train.batch_size, config.train.seed, pad_id),
-        save_model=hf_saver(tokenizer),
-        evaluate=lambda m: score_batches(m, dev_batches),
+        save_model=hf_saver(tokenizer, unwrap=lambda wrapper: wrapper.model),
+        evaluate=lambda wrapper: score_batches(wrapper.model, dev_batches),
         best_metric="loss",
         greater_is_better=False,
         count_tokens=lambda b: int(b["attention_mask"].sum()),

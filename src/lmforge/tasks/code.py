@@ -19,6 +19,7 @@ from lmforge.data.readers import resolve
 from lmforge.errors import DataError
 from lmforge.rundir import RunDir, file_fingerprint
 from lmforge.tasks.common import hf_saver, run_stage
+from lmforge.tasks.lm_loss import CausalLMObjective
 from lmforge.training.loop import TaskSpec, seed_everything
 
 log = logging.getLogger("lmforge")
@@ -106,10 +107,10 @@ def prepare_code(config: FinetuneCodeConfig) -> tuple[TaskSpec, RunDir]:
 
     task = TaskSpec(
         name="finetune code",
-        model=model,
+        model=CausalLMObjective(model),
         train_data=PackedWindows(stream, config.seq_len, config.train.batch_size, config.train.seed),
-        save_model=hf_saver(tokenizer),
-        evaluate=(lambda m: score_lm(m, dev_batches)) if dev_batches else None,
+        save_model=hf_saver(tokenizer, unwrap=lambda wrapper: wrapper.model),
+        evaluate=(lambda wrapper: score_lm(wrapper.model, dev_batches)) if dev_batches else None,
         best_metric="loss" if dev_batches else None,
         greater_is_better=False,
         count_tokens=lambda b: b["input_ids"].numel(),

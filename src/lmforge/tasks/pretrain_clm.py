@@ -19,6 +19,7 @@ from lmforge.data.token_cache import TokenCache, split_documents, token_cache
 from lmforge.errors import DataError, ModelLoadError
 from lmforge.rundir import RunDir
 from lmforge.tasks.common import TaskSpec, corpus_info, hf_saver, pretraining_model, run_stage
+from lmforge.tasks.lm_loss import CausalLMObjective
 
 log = logging.getLogger("lmforge")
 
@@ -132,10 +133,10 @@ def prepare_clm(config: PretrainConfig) -> tuple[TaskSpec, RunDir, int]:
 
     task = TaskSpec(
         name="pretrain clm",
-        model=model,
+        model=CausalLMObjective(model),
         train_data=PackedWindows(train_stream, config.seq_len, config.train.batch_size, config.train.seed),
-        save_model=hf_saver(tokenizer),
-        evaluate=(lambda m: score_lm(m, eval_batches)) if eval_batches else None,
+        save_model=hf_saver(tokenizer, unwrap=lambda wrapper: wrapper.model),
+        evaluate=(lambda wrapper: score_lm(wrapper.model, eval_batches)) if eval_batches else None,
         count_tokens=lambda b: b["input_ids"].numel(),
         eval_times=10,
     )

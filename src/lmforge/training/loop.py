@@ -148,7 +148,7 @@ def train(task: TaskSpec, cfg: TrainConfig, run: RunDir, *, resume: bool = False
     optimizer = torch.optim.AdamW(
         _param_groups(raw_model, cfg.weight_decay),
         lr=cfg.lr or 5e-5,
-        fused=device.type == "cuda",
+        fused=device.type in ("cuda", "cpu"),  # one fused kernel instead of a loop over parameters
     )
     model, optimizer = accelerator.prepare(raw_model, optimizer)
     use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
