@@ -28,13 +28,13 @@ def _metrics(served: ServedModel) -> dict | None:
 
 
 @router.get("/models", response_model=ModelList, summary="the loaded models (OpenAI-compatible list)",
-            responses={k: ERRORS[k] for k in (401, 503)})
+            responses={k: ERRORS[k] for k in (401, 429, 503)})
 def list_models(registry: Registry) -> dict:
     return {"object": "list", "data": [_card(m) for m in registry.models.values()]}
 
 
 @router.get("/models/{name}", response_model=ModelDetail, summary="one model: card, metrics and training curve",
-            responses={k: ERRORS[k] for k in (401, 404, 503)})
+            responses={k: ERRORS[k] for k in (401, 404, 429, 503)})
 def model_detail(name: str, registry: Registry) -> dict:
     from lmforge.rundir import RunDir
     from lmforge.training.logging import read_metrics
