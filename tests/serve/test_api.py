@@ -141,7 +141,9 @@ def test_503_until_models_are_loaded(classify_run, monkeypatch):
         assert c.post("/v1/classify", json={"inputs": "x"}).status_code == 200
         app.state.draining = True
         assert c.get("/health/ready").status_code == 503
-        assert c.post("/v1/classify", json={"inputs": "x"}).status_code == 503
+        draining = c.post("/v1/classify", json={"inputs": "x"})
+        assert draining.status_code == 503 and draining.json()["detail"] == "the server is shutting down"
+        assert draining.headers["retry-after"] == "5"
 
 
 def _async_client(app) -> httpx.AsyncClient:

@@ -36,9 +36,8 @@ def require_api_key(
         )
 
 
-def require_ready(request: Request, registry: Annotated[ModelRegistry, Depends(get_registry)]) -> None:
-    if request.app.state.draining:
-        raise HTTPException(503, "the server is shutting down", headers={"Retry-After": "5"})
+def require_ready(registry: Annotated[ModelRegistry, Depends(get_registry)]) -> None:
+    # a draining server is turned away at admission (serve.limits.InFlightLimit), so an admitted request finishes
     if registry.failed:
         raise HTTPException(503, f"models failed to load: {registry.failed}")
     if not registry.loaded.is_set():

@@ -64,7 +64,9 @@ class BodySizeLimit:
 
 
 class InFlightLimit:
-    """Caps concurrent requests to the API routes; health, metrics and the UI are never refused."""
+    """Admission to the API routes: a draining server turns new requests away (503), more than ``max_in_flight`` at
+    once get 429 + Retry-After; health, metrics and the UI are never refused. Admission is one step with no await in
+    it, so a request counted in flight is always served to the end, even when SIGTERM arrives a moment later."""
 
     def __init__(self, app, max_in_flight: int, metrics) -> None:
         self.app, self.max_in_flight, self.metrics = app, max_in_flight, metrics
@@ -73,6 +75,10 @@ class InFlightLimit:
     async def __call__(self, scope: Scope, receive, send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             return await self.app(scope, receive, send)
+        app = scope.get("app")
+        if app is not None and getattr(app.state, "draining", False):
+            detail = "the server is shutting down"
+            return await _send_json(send, 503, detail, {"Retry-After": "5"}, error_body(scope["path"], 503, detail))
         if self.current >= self.max_in_flight:
             detail = f"server busy: {self.current} requests in flight (limit {self.max_in_flight}); retry shortly"
             return await _send_json(send, 429, detail, {"Retry-After": "1"}, error_body(scope["path"], 429, detail))
