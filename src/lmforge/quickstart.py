@@ -15,6 +15,9 @@ from pathlib import Path
 
 CPU_FINETUNE_BUDGET = 150.0  # seconds: with loading and two evaluations the default run ends within 5 minutes
 CPU_PRETRAIN_BUDGET = 120.0
+# a tiny BERT from scratch fine-tunes best at a higher rate than MiniLM's 5e-5 (dev accuracy on movie-reviews after a
+# 20-minute pretraining: 0.778 at 5e-4 against 0.687 at 1e-4)
+SCRATCH_FINETUNE_LR = 5e-4
 
 
 def _free_port(host: str, port: int) -> int:
@@ -62,7 +65,7 @@ def quickstart(*, from_scratch: bool = False, serve: bool = True, out: Path | No
          f" on movie-reviews" + (f" (budget {budget:.0f}s)" if budget else ""))
     config = FinetuneClassifyConfig.model_validate({
         "model": model, "data": "movie-reviews", "out": str(root / "sentiment"),
-        "train": {"max_time": budget, **({"lr": 1e-4} if from_scratch else {})}})
+        "train": {"max_time": budget, **({"lr": SCRATCH_FINETUNE_LR} if from_scratch else {})}})
     summary = finetune_classify(config, show_progress=show_progress)
     step = "4/4" if from_scratch else "2/2"
     echo(f"quickstart {step}: evaluating on the held-out test split (movie-reviews:test)")
