@@ -32,3 +32,18 @@ def test_two_process_ddp_pretraining(tmp_path, tiny_corpus, wordpiece_dir):
     epochs = lambda run: [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x][-1]["epoch"]  # noqa: E731
     assert epochs(out) == pytest.approx(2 * epochs(single), rel=0.02)  # each step consumed a batch per process
     assert (out / "model" / "model.safetensors").exists()
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found next to the interpreter")
+def test_two_process_ddp_time_budget(tmp_path, tiny_corpus, wordpiece_dir):
+    # a time-only budget under DDP: both ranks stop at the deadline and evaluate by the clock (the per-step agreement
+    # between ranks is exercised here, though two ranks on one machine rarely disagree on their own)
+    out = tmp_path / "ddp-time"
+    args = pretrain_args(tiny_corpus, wordpiece_dir, out, "--max-time", "6s")
+    proc = subprocess.run([TORCHRUN, "--nproc_per_node", "2", "-m", "lmforge", *args],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stopped by: max_time" in proc.stdout
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["step"] for r in rows if "eval" in r]
+    assert len(evals) >= 2 and evals == sorted(set(evals))  # evaluations by the clock, once each, in order

@@ -244,8 +244,9 @@ def iter_documents(files: list[Path]) -> Iterator[list[str]]:
                                  f"fields present: {', '.join(record.data) or '(none)'}")
                     continue
                 lines = [line.rstrip() for line in record.data[field].splitlines()]
-                if any(lines):
-                    yield [line for line in lines if line.strip()] if field != "code" else [x for x in lines if x]
+                lines = [line for line in lines if line]  # rstripped: a blank or spaces-only line is now empty
+                if lines:
+                    yield lines
             continue
         doc: list[str] = []
         for _, text in _decode_lines(path, problems):

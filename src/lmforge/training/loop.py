@@ -313,18 +313,16 @@ def train(task: TaskSpec, cfg: TrainConfig, run: RunDir, *, resume: bool = False
                                            "ex/s": round(record["examples_per_s"], 1)}, eta)
                     window.update(loss=torch.zeros((), device=device), n=0, tokens=0, examples=0, t=time.monotonic())
 
-                out_of_time = bool(cfg.max_time and elapsed() >= cfg.max_time)
-                if world > 1:
-                    flag = torch.tensor([1.0 if out_of_time else 0.0], device=device)
-                    out_of_time = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+                now = elapsed()
+                out_of_time = bool(cfg.max_time and now >= cfg.max_time)
+                time_for_eval = next_eval is not None and now >= next_eval
+                if world > 1:  # every rank must agree, or they would wait on each other: one collective for both
+                    flags = torch.tensor([float(out_of_time), float(time_for_eval)], device=device)
+                    out_of_time, time_for_eval = (x > 0 for x in accelerator.reduce(flags, reduction="sum").tolist())
                 done = (total_steps is not None and step >= total_steps) or out_of_time
                 if out_of_time:
                     stopped_by = "max_time"
                 paused = time.monotonic()
-                time_for_eval = next_eval is not None and elapsed() >= next_eval
-                if world > 1 and next_eval is not None:  # every rank must agree, or they would wait on each other
-                    flag = torch.tensor([1.0 if time_for_eval else 0.0], device=device)
-                    time_for_eval = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
                 if time_for_eval:
                     next_eval += eval_interval
                 if ((eval_every and step % eval_every == 0) or time_for_eval) and not done:
