@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import StepClock, report  # noqa: E402
+from common import report, time_lmforge, time_trainer  # noqa: E402
 
 
 def main() -> None:
@@ -31,18 +31,15 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     args = parser.parse_args()
 
-    from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainerCallback,
-                              TrainingArguments)
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
     from lmforge.config import FinetuneClassifyConfig
     from lmforge.data.labeled import load_text_label
     from lmforge.models import from_pretrained, load_tokenizer
     from lmforge.tasks.classify import prepare_classify
-    from lmforge.training.loop import train
 
     work = Path(tempfile.mkdtemp(prefix="lmforge-bench-"))
     total = args.steps + args.warmup + 1
-    cuda = torch.cuda.is_available()
     data = load_text_label(args.data)
     n = total * args.batch_size
     subset = work / "train.jsonl"
@@ -56,11 +53,7 @@ def main() -> None:
         "max_length": args.max_length,
         "train": {"max_steps": total, "batch_size": args.batch_size, "lr": 5e-5, "log_every": 1000}})
     task, run = prepare_classify(config)
-    task.evaluate = None
-    ours_clock = StepClock(args.warmup)
-    task.on_step = lambda step, tokens: ours_clock.tick(tokens, args.batch_size)
-    train(task, config.train, run, show_progress=False)
-    ours = ours_clock.rate()
+    ours = time_lmforge(task, run, config.train, args.warmup, examples_per_step=args.batch_size)
 
     # ---------------------------------------------------------------- Hugging Face Trainer
     tokenizer = load_tokenizer(args.model)
@@ -71,27 +64,8 @@ def main() -> None:
     torch.manual_seed(0)
     model = from_pretrained(AutoModelForSequenceClassification, args.model, num_labels=len(labels),
                             attn_implementation="sdpa")
-    theirs_clock = StepClock(args.warmup)
-    pad = DataCollatorWithPadding(tokenizer)
-    counted = {"tokens": 0}
-
-    def collate(features):
-        batch = pad(features)
-        counted["tokens"] += int(batch["attention_mask"].sum())
-        return batch
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, *_, **__):
-            theirs_clock.tick(counted["tokens"], args.batch_size)
-            counted["tokens"] = 0
-
-    targs = TrainingArguments(
-        output_dir=str(work / "hf"), per_device_train_batch_size=args.batch_size, max_steps=total,
-        learning_rate=5e-5, logging_steps=10_000, save_strategy="no", report_to="none", disable_tqdm=True,
-        bf16=cuda, dataloader_num_workers=0, use_cpu=not cuda, seed=0,
-    )
-    Trainer(model=model, args=targs, train_dataset=rows, data_collator=collate, callbacks=[Clock()]).train()
-    theirs = theirs_clock.rate()
+    theirs = time_trainer(model, rows, DataCollatorWithPadding(tokenizer), work, batch_size=args.batch_size,
+                          steps=total, lr=5e-5, warmup=args.warmup, examples_per_step=args.batch_size)
     report("finetune_classify", "examples_per_s", ours, theirs,
            {"model": args.model, "data": f"{args.data} ({n} rows)", "batch_size": args.batch_size,
             "max_length": args.max_length,

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import StepClock, report  # noqa: E402
+from common import report, time_lmforge, time_trainer  # noqa: E402
 
 
 def main() -> None:
@@ -33,21 +33,18 @@ def main() -> None:
     parser.add_argument("--tokenizer", default=None, help="WordPiece folder (default: trained here on the corpus)")
     args = parser.parse_args()
 
-    from transformers import (AutoTokenizer, DataCollatorForLanguageModeling, Trainer,
-                              TrainerCallback, TrainingArguments)
+    from transformers import AutoTokenizer, DataCollatorForLanguageModeling
 
     from lmforge.config import PretrainConfig, TokenizerTrainConfig
     from lmforge.models import build_bert_pretraining
     from lmforge.tasks.pretrain_mlm_nsp import make_instances, prepare_pretraining
     from lmforge.tokenizer import train_tokenizer
-    from lmforge.training.loop import train
 
     work = Path(tempfile.mkdtemp(prefix="lmforge-bench-"))
     tok_dir = args.tokenizer or train_tokenizer(TokenizerTrainConfig(
         corpus=["corpus"], kind="wordpiece", vocab_size=args.vocab_size, out=work / "tok"))
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     lr = 5e-4
-    cuda = torch.cuda.is_available()
 
     # ---------------------------------------------------------------- lmforge
     config = PretrainConfig.model_validate({
@@ -55,11 +52,7 @@ def main() -> None:
         "eval_fraction": 0.0, "train": {"max_steps": args.steps + args.warmup + 1, "batch_size": args.batch_size,
                                         "lr": lr, "log_every": 1000}})
     task, run, n_params = prepare_pretraining(config)
-    task.evaluate = None
-    ours_clock = StepClock(args.warmup)
-    task.on_step = lambda step, tokens: ours_clock.tick(tokens)
-    train(task, config.train, run, show_progress=False)
-    ours = ours_clock.rate()
+    ours = time_lmforge(task, run, config.train, args.warmup)
 
     # ---------------------------------------------------------------- Hugging Face Trainer
     source = task.train_data
@@ -75,28 +68,9 @@ def main() -> None:
                      "next_sentence_label": int(inst.nsp_label[i])})
     torch.manual_seed(0)
     model = build_bert_pretraining(args.size, tokenizer, args.seq_len)
-    theirs_clock = StepClock(args.warmup)
-    mlm_collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
-    counted = {"tokens": 0}
-
-    def collate(features):
-        batch = mlm_collator(features)
-        counted["tokens"] += int(batch["attention_mask"].sum())
-        return batch
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, *_, **__):
-            theirs_clock.tick(counted["tokens"])
-            counted["tokens"] = 0
-
-    targs = TrainingArguments(
-        output_dir=str(work / "hf"), per_device_train_batch_size=args.batch_size,
-        max_steps=args.steps + args.warmup + 1, learning_rate=lr, weight_decay=0.01, warmup_steps=0.05,
-        logging_steps=10_000, save_strategy="no", report_to="none", disable_tqdm=True, bf16=cuda,
-        dataloader_num_workers=0, use_cpu=not cuda, seed=0,
-    )
-    Trainer(model=model, args=targs, train_dataset=rows, data_collator=collate, callbacks=[Clock()]).train()
-    theirs = theirs_clock.rate()
+    theirs = time_trainer(model, rows, DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15), work,
+                          batch_size=args.batch_size, steps=args.steps + args.warmup + 1, lr=lr, warmup=args.warmup,
+                          weight_decay=0.01, warmup_steps=0.05)
     report("pretrain_mlm_nsp", "tokens_per_s", ours, theirs,
            {"model": f"BERT {args.size} ({n_params / 1e6:.1f}M parameters)", "seq_len": args.seq_len,
             "batch_size": args.batch_size, "command": "python benchmarks/bench_pretrain.py " + " ".join(sys.argv[1:])})

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import StepClock, report  # noqa: E402
+from common import report, time_lmforge, time_trainer  # noqa: E402
 
 
 def main() -> None:
@@ -31,20 +31,18 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile on the lmforge side (on by default on GPU)")
     args = parser.parse_args()
 
-    from transformers import AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+    from transformers import AutoTokenizer, DataCollatorForLanguageModeling
 
     from lmforge.config import PretrainConfig, TokenizerTrainConfig
     from lmforge.models import build_gpt
     from lmforge.tasks.pretrain_clm import prepare_clm
     from lmforge.tokenizer import train_tokenizer
-    from lmforge.training.loop import train
 
     work = Path(tempfile.mkdtemp(prefix="lmforge-bench-"))
     tok_dir = train_tokenizer(TokenizerTrainConfig(corpus=["corpus"], kind="bpe", vocab_size=args.vocab_size,
                                                    out=work / "tok"))
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     total = args.steps + args.warmup + 1
-    cuda = torch.cuda.is_available()
     train_cfg = {"max_steps": total, "batch_size": args.batch_size, "lr": 5e-4, "log_every": 1000}
     if args.compile:
         train_cfg["compile"] = True
@@ -52,30 +50,15 @@ def main() -> None:
                                             "seq_len": args.seq_len, "out": str(work / "run"), "eval_fraction": 0.0,
                                             "train": train_cfg})
     task, run, n_params = prepare_clm(config)
-    task.evaluate = None
-    ours_clock = StepClock(args.warmup)
-    task.on_step = lambda step, tokens: ours_clock.tick(tokens)
-    train(task, config.train, run, show_progress=False)
-    ours = ours_clock.rate()
+    ours = time_lmforge(task, run, config.train, args.warmup)
 
     source = task.train_data
     rows = [{"input_ids": row.tolist()} for i in range(total + 1) for row in source.batch(0, i)["input_ids"]]
     torch.manual_seed(0)
     model = build_gpt(args.size, tokenizer, args.seq_len)
-    theirs_clock = StepClock(args.warmup)
-    lm_collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, *_, **__):
-            theirs_clock.tick(args.batch_size * args.seq_len)
-
-    targs = TrainingArguments(
-        output_dir=str(work / "hf"), per_device_train_batch_size=args.batch_size, max_steps=total, learning_rate=5e-4,
-        weight_decay=0.01, warmup_steps=0.05, logging_steps=10_000, save_strategy="no", report_to="none",
-        disable_tqdm=True, bf16=cuda, dataloader_num_workers=0, use_cpu=not cuda, seed=0,
-    )
-    Trainer(model=model, args=targs, train_dataset=rows, data_collator=lm_collator, callbacks=[Clock()]).train()
-    theirs = theirs_clock.rate()
+    theirs = time_trainer(model, rows, DataCollatorForLanguageModeling(tokenizer, mlm=False), work,
+                          batch_size=args.batch_size, steps=total, lr=5e-4, warmup=args.warmup, weight_decay=0.01,
+                          warmup_steps=0.05)
     report("pretrain_clm", "tokens_per_s", ours, theirs,
            {"model": f"GPT-2 {args.size} ({n_params / 1e6:.1f}M parameters)", "seq_len": args.seq_len,
             "batch_size": args.batch_size, "command": "python benchmarks/bench_pretrain_clm.py " + " ".join(sys.argv[1:])})

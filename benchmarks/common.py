@@ -42,6 +42,47 @@ class StepClock:
         }
 
 
+def time_lmforge(task, run, train_config, warmup: int, examples_per_step: int = 0) -> dict[str, float]:
+    """lmforge's loop on a prepared task, evaluation off, timed per optimizer step."""
+    from lmforge.training.loop import train
+
+    task.evaluate = None
+    clock = StepClock(warmup)
+    task.on_step = lambda step, tokens: clock.tick(tokens, examples_per_step)
+    train(task, train_config, run, show_progress=False)
+    return clock.rate()
+
+
+def time_trainer(model, rows: list[dict], collator, work: Path, *, batch_size: int, steps: int, lr: float, warmup: int,
+                 examples_per_step: int = 0, **training_args) -> dict[str, float]:
+    """The plain Hugging Face Trainer on ``rows``, timed per optimizer step; tokens are the batches' real (unpadded)
+    tokens. Extra keyword arguments go to ``TrainingArguments`` (weight_decay, warmup_steps, ...)."""
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    clock = StepClock(warmup)
+    counted = {"tokens": 0}
+
+    def collate(features):
+        batch = collator(features)
+        mask = batch.get("attention_mask")
+        counted["tokens"] += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        return batch
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *_, **__):
+            clock.tick(counted["tokens"], examples_per_step)
+            counted["tokens"] = 0
+
+    cuda = torch.cuda.is_available()
+    targs = TrainingArguments(
+        output_dir=str(work / "hf"), per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=lr,
+        logging_steps=10_000, save_strategy="no", report_to="none", disable_tqdm=True, bf16=cuda,
+        dataloader_num_workers=0, use_cpu=not cuda, seed=0, **training_args,
+    )
+    Trainer(model=model, args=targs, train_dataset=rows, data_collator=collate, callbacks=[Clock()]).train()
+    return clock.rate()
+
+
 def hardware() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
