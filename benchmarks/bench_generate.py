@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, hardware  # noqa: E402
+from common import OUT, hardware
 
 PROMPTS = [
     "It is a truth universally acknowledged, that a single man in possession of a good fortune",
@@ -77,8 +77,8 @@ def main() -> None:
         prompts = PROMPTS[:batch]
         params = SamplingParams(max_new_tokens=args.new_tokens, temperature=0, ignore_eos=True)
         enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
-        hf_kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
-                         pad_token_id=tokenizer.pad_token_id)
+        hf_kwargs = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "do_sample": False,
+                     "pad_token_id": tokenizer.pad_token_id}
         with torch.inference_mode():
             ours.generate(prompts, SamplingParams(max_new_tokens=8, temperature=0, ignore_eos=True))  # warm up
             model.generate(**enc, **{**hf_kwargs, "max_new_tokens": 8, "min_new_tokens": 8})

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import report, time_lmforge, time_trainer  # noqa: E402
+from common import report, time_lmforge, time_trainer
 
 
 def main() -> None:

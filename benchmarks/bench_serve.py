@@ -23,7 +23,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.serve.live import LiveServer  # noqa: E402
+from tests.serve.live import LiveServer
 
 
 async def load(url: str, texts: list[str], total: int, concurrency: int, max_seconds: float) -> dict:
@@ -55,7 +55,7 @@ async def load(url: str, texts: list[str], total: int, concurrency: int, max_sec
         await asyncio.gather(*[client(i, http) for i in range(concurrency)])
         elapsed = time.perf_counter() - started
     latencies.sort()
-    q = lambda p: latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else float("nan")  # noqa: E731
+    q = lambda p: latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else float("nan")
     return {"requests": len(latencies), "errors": errors, "seconds": elapsed, "requests_per_s": len(latencies) / elapsed,
             "p50_ms": q(0.50), "p99_ms": q(0.99), "mean_ms": statistics.mean(latencies) * 1000 if latencies else None}
 
