@@ -53,6 +53,19 @@ def finetune_and_test(model: str, data: str, random_init: bool, seed: int, epoch
     return float(lmforge.evaluate(config.out, "movie-reviews:test")["accuracy"])
 
 
+def mean_pooled(model, tokenizer, texts: list[str]):
+    """The encoder's last hidden states averaged over real tokens, one row per text (a numpy array)."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(texts), 256):
+            batch = tokenizer(texts[i : i + 256], truncation=True, max_length=128, padding=True, return_tensors="pt")
+            hidden, mask = model(**batch).last_hidden_state, batch["attention_mask"].unsqueeze(-1)
+            out.append((hidden * mask).sum(1) / mask.sum(1))
+    return torch.cat(out).numpy()
+
+
 def probe(model_spec: str) -> dict[str, float]:
     """Frozen features: logistic regression on TF-IDF n-grams, and on the mean-pooled outputs of MODEL and of the same
     architecture with random weights (no fine-tuning): what the pretrained features carry before any training."""
@@ -73,19 +86,8 @@ def probe(model_spec: str) -> dict[str, float]:
     torch.manual_seed(0)
     for name, model in (("pretrained", pretrained), ("random_init", AutoModel.from_config(pretrained.config))):
         model.eval()
-
-        def features(texts: list[str], model=model) -> torch.Tensor:
-            out = []
-            with torch.no_grad():
-                for i in range(0, len(texts), 256):
-                    batch = tokenizer(texts[i : i + 256], truncation=True, max_length=128, padding=True,
-                                      return_tensors="pt")
-                    hidden, mask = model(**batch).last_hidden_state, batch["attention_mask"].unsqueeze(-1)
-                    out.append((hidden * mask).sum(1) / mask.sum(1))
-            return torch.cat(out).numpy()
-
-        clf = LogisticRegression(C=1, max_iter=3000).fit(features(train.texts), train.labels)
-        scores[name] = clf.score(features(test.texts), test.labels)
+        clf = LogisticRegression(C=1, max_iter=3000).fit(mean_pooled(model, tokenizer, train.texts), train.labels)
+        scores[name] = clf.score(mean_pooled(model, tokenizer, test.texts), test.labels)
     return {k: float(v) for k, v in scores.items()}
 
 
