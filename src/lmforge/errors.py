@@ -56,3 +56,7 @@ class ModelLoadError(LmforgeError):
 
 class RunDirError(LmforgeError):
     """A run dir is missing, incomplete, or would be overwritten."""
+
+
+class CheckpointError(LmforgeError):
+    """A checkpoint cannot be resumed from: changed after it was written, unsafe to load, or made for another model."""
