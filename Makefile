@@ -7,8 +7,14 @@ DEV_STAMP := $(VENV)/.installed-dev
 # torch is pinned here: on the project's machines this takes the CPU wheel already on disk, where an unpinned torch
 # would pull a multi-GB CUDA build. pyproject.toml keeps a range for users elsewhere.
 TORCH ?= torch==2.13.0
+# The browser tests (tests/serve/test_web_ui.py) drive Debian's chromium; `make test` installs it when missing (as
+# root, or with sudo) and they fail, not skip, without it. CHROMIUM and APT_GET are for the tests of this rule.
+CHROMIUM ?= chromium
+APT_GET ?= apt-get
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+INSTALL_CHROMIUM := $(strip $(SUDO) $(APT_GET) update && $(SUDO) $(APT_GET) install -y --no-install-recommends chromium fonts-dejavu-core)
 
-.PHONY: demo test install install-dev bench clean
+.PHONY: demo test lint install install-dev browser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +29,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 $(DEV_STAMP): $(STAMP)
 	$(BIN)/pip install -q -e '.[dev]' 2>&1 | grep -v "is ignored" || true
-	$(BIN)/python -c "import pytest, playwright, openai, httpx"
+	$(BIN)/python -c "import pytest, playwright, openai, httpx, schemathesis"
+	$(BIN)/ruff --version >/dev/null
 	touch $@
 
 install: $(STAMP)
@@ -32,8 +39,21 @@ install-dev: $(DEV_STAMP)
 demo: $(STAMP)
 	$(BIN)/lmforge quickstart
 
-test: $(DEV_STAMP)
-	$(BIN)/python -m pytest -q
+browser:
+	@command -v $(CHROMIUM) >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser tests: $(INSTALL_CHROMIUM)" && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive $(APT_GET) update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq --no-install-recommends \
+	    chromium fonts-dejavu-core >/dev/null && \
+	  command -v $(CHROMIUM) >/dev/null 2>&1; } || { \
+	  echo "error: the browser tests need Debian's chromium, which could not be installed; install it with" >&2; \
+	  echo "  $(INSTALL_CHROMIUM)" >&2; exit 1; }
+
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+test: $(DEV_STAMP) browser lint
+	LMFORGE_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q
 
 bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/run_all.py

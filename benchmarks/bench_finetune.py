@@ -33,10 +33,9 @@ def main() -> None:
 
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
-    from lmforge.config import FinetuneClassifyConfig
     from lmforge.data.labeled import load_text_label
     from lmforge.models import from_pretrained, load_tokenizer
-    from lmforge.tasks.classify import prepare_classify
+    from lmforge.tasks.classify import FinetuneClassifyConfig, prepare_classify
 
     work = Path(tempfile.mkdtemp(prefix="lmforge-bench-"))
     total = args.steps + args.warmup + 1
@@ -52,7 +51,7 @@ def main() -> None:
         "model": args.model, "data": str(subset), "eval": str(subset), "out": str(work / "run"),
         "max_length": args.max_length,
         "train": {"max_steps": total, "batch_size": args.batch_size, "lr": 5e-5, "log_every": 1000}})
-    task, run = prepare_classify(config)
+    task, run, _ = prepare_classify(config)
     ours = time_lmforge(task, run, config.train, args.warmup, examples_per_step=args.batch_size)
 
     # ---------------------------------------------------------------- Hugging Face Trainer

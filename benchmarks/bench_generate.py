@@ -59,8 +59,8 @@ def main() -> None:
         name = str(args.run)
     else:
         from lmforge.config import TokenizerTrainConfig
+        from lmforge.data.tokenizer import train_tokenizer
         from lmforge.models import build_gpt
-        from lmforge.tokenizer import train_tokenizer
 
         tok_dir = train_tokenizer(TokenizerTrainConfig(corpus=["corpus"], kind="bpe", vocab_size=16000,
                                                        out=Path(tempfile.mkdtemp()) / "tok"))

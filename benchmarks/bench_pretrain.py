@@ -35,10 +35,10 @@ def main() -> None:
 
     from transformers import AutoTokenizer, DataCollatorForLanguageModeling
 
-    from lmforge.config import PretrainConfig, TokenizerTrainConfig
+    from lmforge.config import TokenizerTrainConfig
+    from lmforge.data.tokenizer import train_tokenizer
     from lmforge.models import build_bert_pretraining
-    from lmforge.tasks.pretrain_mlm_nsp import make_instances, prepare_pretraining
-    from lmforge.tokenizer import train_tokenizer
+    from lmforge.tasks.pretrain_mlm_nsp import MlmNspConfig, make_instances, prepare_pretraining
 
     work = Path(tempfile.mkdtemp(prefix="lmforge-bench-"))
     tok_dir = args.tokenizer or train_tokenizer(TokenizerTrainConfig(
@@ -47,11 +47,12 @@ def main() -> None:
     lr = 5e-4
 
     # ---------------------------------------------------------------- lmforge
-    config = PretrainConfig.model_validate({
+    config = MlmNspConfig.model_validate({
         "tokenizer": str(tok_dir), "size": args.size, "seq_len": args.seq_len, "out": str(work / "run"),
         "eval_fraction": 0.0, "train": {"max_steps": args.steps + args.warmup + 1, "batch_size": args.batch_size,
                                         "lr": lr, "log_every": 1000}})
-    task, run, n_params = prepare_pretraining(config)
+    task, run, extra = prepare_pretraining(config)
+    n_params = extra["parameters"]
     ours = time_lmforge(task, run, config.train, args.warmup)
 
     # ---------------------------------------------------------------- Hugging Face Trainer

@@ -33,10 +33,10 @@ def main() -> None:
 
     from transformers import AutoTokenizer, DataCollatorForLanguageModeling
 
-    from lmforge.config import PretrainConfig, TokenizerTrainConfig
+    from lmforge.config import TokenizerTrainConfig
+    from lmforge.data.tokenizer import train_tokenizer
     from lmforge.models import build_gpt
-    from lmforge.tasks.pretrain_clm import prepare_clm
-    from lmforge.tokenizer import train_tokenizer
+    from lmforge.tasks.pretrain_clm import ClmConfig, prepare_clm
 
     work = Path(tempfile.mkdtemp(prefix="lmforge-bench-"))
     tok_dir = train_tokenizer(TokenizerTrainConfig(corpus=["corpus"], kind="bpe", vocab_size=args.vocab_size,
@@ -46,10 +46,11 @@ def main() -> None:
     train_cfg = {"max_steps": total, "batch_size": args.batch_size, "lr": 5e-4, "log_every": 1000}
     if args.compile:
         train_cfg["compile"] = True
-    config = PretrainConfig.model_validate({"objective": "clm", "tokenizer": str(tok_dir), "size": args.size,
+    config = ClmConfig.model_validate({"tokenizer": str(tok_dir), "size": args.size,
                                             "seq_len": args.seq_len, "out": str(work / "run"), "eval_fraction": 0.0,
                                             "train": train_cfg})
-    task, run, n_params = prepare_clm(config)
+    task, run, extra = prepare_clm(config)
+    n_params = extra["parameters"]
     ours = time_lmforge(task, run, config.train, args.warmup)
 
     source = task.train_data

@@ -77,8 +77,7 @@ def main() -> None:
 
     run = args.run
     if run is None:
-        from lmforge.config import FinetuneClassifyConfig
-        from lmforge.tasks.classify import finetune_classify
+        from lmforge.tasks.classify import FinetuneClassifyConfig, finetune_classify
 
         run = str(Path(tempfile.mkdtemp(prefix="lmforge-bench-")) / "sentiment")
         finetune_classify(FinetuneClassifyConfig.model_validate(

@@ -37,9 +37,9 @@ def main() -> None:
     )
 
     import lmforge
-    from lmforge.config import FinetuneClassifyConfig
     from lmforge.data.labeled import load_text_label
     from lmforge.models import from_pretrained, load_tokenizer
+    from lmforge.tasks.classify import FinetuneClassifyConfig
 
     work = Path(tempfile.mkdtemp(prefix="lmforge-quality-"))
     train, test = load_text_label("movie-reviews"), load_text_label("movie-reviews:test")

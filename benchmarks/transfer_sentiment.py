@@ -43,7 +43,7 @@ def subset_file(n: int | None, work: Path) -> str:
 
 def finetune_and_test(model: str, data: str, random_init: bool, seed: int, epochs: float, lr: float, out: Path) -> float:
     import lmforge
-    from lmforge.config import FinetuneClassifyConfig
+    from lmforge.tasks.classify import FinetuneClassifyConfig
 
     config = FinetuneClassifyConfig.model_validate({
         "model": model, "data": data, "eval": "movie-reviews:dev", "random_init": random_init, "out": str(out),

@@ -56,7 +56,7 @@ def tiny_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def wordpiece_dir(tiny_corpus, tmp_path_factory) -> Path:
     from lmforge.config import TokenizerTrainConfig
-    from lmforge.tokenizer import train_tokenizer
+    from lmforge.data.tokenizer import train_tokenizer
 
     out = tmp_path_factory.mktemp("tok") / "wordpiece"
     return train_tokenizer(TokenizerTrainConfig(corpus=[str(tiny_corpus)], kind="wordpiece", vocab_size=600, out=out))
@@ -131,7 +131,7 @@ TINY_GPT = {"n_embd": 32, "n_layer": 2, "n_head": 2}
 @pytest.fixture(scope="session")
 def bpe_dir(tiny_corpus, tmp_path_factory) -> Path:
     from lmforge.config import TokenizerTrainConfig
-    from lmforge.tokenizer import train_tokenizer
+    from lmforge.data.tokenizer import train_tokenizer
 
     out = tmp_path_factory.mktemp("tok") / "bpe"
     return train_tokenizer(TokenizerTrainConfig(corpus=[str(tiny_corpus)], kind="bpe", vocab_size=500, out=out))
@@ -154,8 +154,7 @@ def gpt_run(tiny_corpus, bpe_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def chat_run(gpt_run, tmp_path_factory) -> Path:
     """The tiny GPT fine-tuned on 80 real ChatterBot conversations: a chat run dir with a ChatML template."""
-    from lmforge.config import FinetuneChatConfig
-    from lmforge.tasks.chat import finetune_chat
+    from lmforge.tasks.chat import FinetuneChatConfig, finetune_chat
 
     folder = tmp_path_factory.mktemp("chat")
     rows = read_jsonl_gz(BUNDLED / "dialogue" / "chatterbot_en.jsonl.gz", 80)

@@ -20,7 +20,7 @@ def test_help_is_fast_and_imports_no_torch():
     assert "pretrain" in out.stdout and "finetune" in out.stdout
     assert elapsed < 3.0  # well under a second on a warm machine; generous for loaded CI
     probe = "import sys, lmforge.cli; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
-    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "[]"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
 def test_datasets_list(cli):
@@ -183,3 +183,110 @@ def test_generate_refuses_a_classifier(cli, tmp_path, tiny_bert_dir, sentiment_f
                "--max-steps", "1").code == 0
     result = cli("generate", out, "hello")
     assert result.code == 2 and "generation needs a causal LM" in result.err
+
+
+# ------------------------------------------------------------------------------------- the generated CLI
+def _help(cli, monkeypatch, *command: str) -> str:
+    result = cli(*command, "--help")
+    assert result.code == 0, result.text
+    return result.out
+
+
+def _option_line(text: str, flag: str) -> str:
+    """An option's whole entry in --help, its wrapped lines joined (click may break lines after a hyphen)."""
+    blocks: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("  -"):  # an option starts at the options' indent; wrapped lines are indented deeper
+            blocks.append(line.strip())
+        elif blocks and line.strip():
+            blocks[-1] += ("" if blocks[-1].endswith("-") else " ") + line.strip()
+    return next(b for b in blocks if b.startswith(flag + " ") or b == flag)
+
+
+@pytest.mark.parametrize("task_name", ["classify", "chat", "code"])
+def test_finetune_help_comes_from_the_tasks_own_config(cli, monkeypatch, task_name):
+    from lmforge.cli import RUN_OPTIONS, flag_name
+    from lmforge.config import field_of
+    from lmforge.tasks import registry
+
+    task = registry.get(task_name)
+    text = _help(cli, monkeypatch, "finetune", task_name)
+    assert task.summary in " ".join(text.split())
+    for key in (*task.flags, *RUN_OPTIONS):
+        info = field_of(task.config, key)
+        line = _option_line(text, flag_name(key, info))
+        assert info.description in line, (key, line)
+        default = info.get_default(call_default_factory=True)
+        if default not in (None, False) and not info.is_required():
+            assert f"[default: {default}]" in line, (key, line)
+    assert "null" not in text and "<bool>" not in text
+
+
+def test_each_command_shows_its_own_defaults(cli, monkeypatch):
+    chat, classify = _help(cli, monkeypatch, "finetune", "chat"), _help(cli, monkeypatch, "finetune", "classify")
+    assert "[default: 0.0003]" in _option_line(chat, "--lr") and "[default: 16]" in _option_line(chat, "--batch-size")
+    assert "[default: 5e-05]" in _option_line(classify, "--lr")
+    pretrain = _help(cli, monkeypatch, "pretrain")
+    assert "by --size: tiny 1e-3" in _option_line(pretrain, "--lr")
+    assert "[mlm-nsp|clm]" in pretrain or "[clm|mlm-nsp]" in pretrain  # the objectives come from the registry
+    assert "--drain-timeout" in _help(cli, monkeypatch, "serve")  # serve options come from its settings
+
+
+def test_predict_fills_masks_with_a_pretrained_bert(cli, pretrained_run):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    text = "It is a truth universally [MASK] that a single man."
+    result = cli("predict", pretrained_run, text, "--top-k", "3")
+    assert result.code == 0, result.text
+    row = json.loads(result.out)
+    (candidates,) = row["masks"]
+    assert len(candidates) == 3 and [c["score"] for c in candidates] == sorted((c["score"] for c in candidates),
+                                                                                reverse=True)
+    # the same answer as plain transformers on the saved folder
+    tokenizer = AutoTokenizer.from_pretrained(pretrained_run / "model")
+    model = AutoModelForMaskedLM.from_pretrained(pretrained_run / "model").eval()
+    encoded = tokenizer(text, return_tensors="pt")
+    position = (encoded["input_ids"][0] == tokenizer.mask_token_id).nonzero().item()
+    best = int(model(**encoded).logits[0, position].argmax())
+    assert candidates[0]["token"] == tokenizer.decode([best]).strip()
+    filled = encoded["input_ids"][0].clone()
+    filled[position] = best
+    assert row["filled"] == tokenizer.decode(filled, skip_special_tokens=True)
+    missing = cli("predict", pretrained_run, "no mask here")
+    assert missing.code == 2 and "has no [MASK] token" in missing.err
+
+
+def test_predict_on_a_causal_lm_points_to_generate(cli, gpt_run):
+    result = cli("predict", gpt_run, "Once upon a time")
+    assert result.code == 2 and "lmforge generate" in result.err and result.out == ""
+
+
+def test_config_that_is_a_folder_names_the_flag(cli, tmp_path):
+    result = cli("finetune", "classify", "--config", tmp_path, "--data", "spam", "--out", tmp_path / "o")
+    assert result.code == 2 and "--config" in result.err and "is a folder, not a config file" in result.err
+
+
+def test_predict_input_without_text_field_names_only_the_text_field(cli, tmp_path, pretrained_run):
+    rows = write_jsonl(tmp_path / "bad.jsonl", [{"review": "fine"}])
+    result = cli("predict", pretrained_run, "--input", rows)
+    assert result.code == 2 and "no 'text' field (fields present: review)" in result.err
+    assert "None" not in result.err and "--text-field" in result.err
+
+
+def test_failed_tokenizer_training_leaves_no_folder(cli, tmp_path):
+    empty = tmp_path / "blank.txt"
+    empty.write_text("\n\n\n")
+    out = tmp_path / "tok"
+    result = cli("tokenizer", "train", "--corpus", empty, "--out", out)
+    assert result.code == 2 and not out.exists()
+
+
+def test_existing_output_is_refused_before_any_work(cli, tmp_path, tiny_corpus, wordpiece_dir, pretrained_run):
+    # pretraining would tokenize the corpus first (tens of seconds on a real one): the refusal comes before that
+    big = tmp_path / "big.txt"
+    big.write_text(tiny_corpus.read_text() * 3)
+    result = cli(*pretrain_args(big, wordpiece_dir, pretrained_run, "--max-steps", "1"))
+    assert result.code == 2 and "already exists" in result.err
+    assert "tokeniz" not in result.err
+    tok = cli("tokenizer", "train", "--corpus", tmp_path / "missing.txt", "--out", wordpiece_dir)
+    assert tok.code == 2 and "already exists" in tok.err

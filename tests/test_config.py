@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lmforge.config import FinetuneClassifyConfig, build_config, parse_duration, to_commented_yaml
+from lmforge.config import build_config, parse_duration, to_commented_yaml
 from lmforge.errors import ConfigError
+from lmforge.tasks.classify import FinetuneClassifyConfig
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("10m", 600), ("1h30m", 5400), ("2.5m", 150), (42, 42)])

@@ -3,9 +3,9 @@
 Every stage is one plain function (the CLI is a thin wrapper over them)::
 
     import lmforge
-    lmforge.train_tokenizer(TokenizerTrainConfig(corpus=["corpus"], out="tok"))
-    lmforge.pretrain(PretrainConfig(tokenizer="tok", size="tiny", out="runs/bert"))
-    lmforge.finetune_classify(FinetuneClassifyConfig(model="runs/bert", data="movie-reviews", out="runs/sent"))
+    lmforge.train_tokenizer(lmforge.TokenizerTrainConfig(corpus=["corpus"], out="tok"))
+    lmforge.pretrain(lmforge.MlmNspConfig(tokenizer="tok", size="tiny", out="runs/bert"))
+    lmforge.finetune_classify(lmforge.FinetuneClassifyConfig(model="runs/bert", data="movie-reviews", out="runs/sent"))
     lmforge.evaluate("runs/sent", "movie-reviews:test")
     lmforge.load("runs/sent").predict(["a wonderful film"])
 
@@ -19,12 +19,22 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load": ("lmforge.inference.pipelines", "load"),
-    "train_tokenizer": ("lmforge.tokenizer", "train_tokenizer"),
+    "load": ("lmforge.stages", "load"),
+    "train_tokenizer": ("lmforge.data.tokenizer", "train_tokenizer"),
     "pretrain": ("lmforge.stages", "pretrain"),
-    "finetune_classify": ("lmforge.tasks.classify", "finetune_classify"),
-    "evaluate": ("lmforge.evaluation.evaluate", "evaluate_run"),
+    "finetune": ("lmforge.stages", "finetune"),
+    "evaluate": ("lmforge.stages", "evaluate"),
     "quickstart": ("lmforge.quickstart", "quickstart"),
+    "finetune_classify": ("lmforge.tasks.classify", "finetune_classify"),
+    "finetune_chat": ("lmforge.tasks.chat", "finetune_chat"),
+    "finetune_code": ("lmforge.tasks.code", "finetune_code"),
+    "TokenizerTrainConfig": ("lmforge.config", "TokenizerTrainConfig"),
+    "PretrainConfig": ("lmforge.config", "PretrainConfig"),
+    "MlmNspConfig": ("lmforge.tasks.pretrain_mlm_nsp", "MlmNspConfig"),
+    "ClmConfig": ("lmforge.tasks.pretrain_clm", "ClmConfig"),
+    "FinetuneClassifyConfig": ("lmforge.tasks.classify", "FinetuneClassifyConfig"),
+    "FinetuneChatConfig": ("lmforge.tasks.chat", "FinetuneChatConfig"),
+    "FinetuneCodeConfig": ("lmforge.tasks.code", "FinetuneCodeConfig"),
 }
 
 __all__ = list(_LAZY)

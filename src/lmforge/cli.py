@@ -1,27 +1,31 @@
-"""The ``lmforge`` command line: a thin typer layer. Each command parses options, builds one config (defaults <
-``--config`` file < flags < ``--set``), and calls one stage function. Bad input exits with code 2 and one message."""
+"""The ``lmforge`` command line: a thin typer layer over the stage functions.
+
+Training commands are generated from the task registry and their config schemas by one factory
+(:func:`config_command`): every option's type, default and help text come from the config field it sets, and the
+options all training commands share are declared once (:data:`RUN_OPTIONS`). Each command builds one config
+(defaults < ``--config`` file < flags < ``--set``) and calls one stage function. Bad input exits with code 2 and
+one message; nothing here imports torch until a command runs.
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import sys
+import types
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Literal
 
 import typer
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
-from lmforge.config import (
-    FinetuneChatConfig,
-    FinetuneClassifyConfig,
-    FinetuneCodeConfig,
-    PretrainConfig,
-    PretrainTrainConfig,
-    TokenizerTrainConfig,
-    build_config,
-    field_help,
-)
+from lmforge.config import PretrainConfig, TokenizerTrainConfig, build_config, field_of
 from lmforge.errors import LmforgeError
+from lmforge.tasks import registry
 
 app = typer.Typer(
     name="lmforge",
@@ -29,50 +33,114 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
 )
-datasets_app = typer.Typer(help="Bundled datasets.", no_args_is_help=True)
-tokenizer_app = typer.Typer(help="Train tokenizers.", no_args_is_help=True)
-finetune_app = typer.Typer(help="Fine-tune a model for a task.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Bundled datasets.", no_args_is_help=True, rich_markup_mode=None)
+tokenizer_app = typer.Typer(help="Train tokenizers.", no_args_is_help=True, rich_markup_mode=None)
+finetune_app = typer.Typer(help="Fine-tune a model for a task.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(finetune_app, name="finetune")
 
 log = logging.getLogger("lmforge")
-_state = {"progress": True}
+_state: dict[str, Any] = {"progress": True, "started": None}  # started: when main() began (budgets count from it)
 
-# ------------------------------------------------------------------------------------- shared options
-ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="YAML config file (flags override it)")]
-SetOpt = Annotated[
-    Optional[list[str]], typer.Option("--set", help="override any config key, e.g. --set train.lr=3e-5 (repeatable)")
-]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace an existing output folder")]
-Resume = Annotated[bool, typer.Option("--resume", help="continue from the newest complete checkpoint")]
-MaxSteps = Annotated[Optional[int], typer.Option("--max-steps", help=field_help(PretrainTrainConfig, "max_steps"))]
-Epochs = Annotated[Optional[float], typer.Option("--epochs", help=field_help(PretrainTrainConfig, "epochs"))]
-MaxTime = Annotated[Optional[str], typer.Option("--max-time", help=field_help(PretrainTrainConfig, "max_time"))]
-BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="examples per device per micro-batch")]
-LearningRate = Annotated[Optional[float], typer.Option("--lr", help="peak learning rate")]
-Seed = Annotated[Optional[int], typer.Option("--seed", help=field_help(PretrainTrainConfig, "seed"))]
+# ------------------------------------------------------------------------------------- options from config schemas
+# the options every training command shares, declared once: config keys (flag names follow from the last part)
+RUN_OPTIONS = ("out", "train.max_steps", "train.epochs", "train.max_time", "train.batch_size", "train.lr",
+               "train.seed", "resume", "overwrite")
+METAVARS = {int: "N", float: "X", str: "TEXT", Path: "PATH"}
 
 
-def _run_flags(out, resume, overwrite, max_steps, epochs, max_time, batch_size, lr, seed) -> dict:
-    """The flags every training command shares, mapped to their config keys."""
-    return {
-        "out": (out, "--out"),
-        "resume": (_true_or_none(resume), "--resume"),
-        "overwrite": (_true_or_none(overwrite), "--overwrite"),
-        "train.max_steps": (max_steps, "--max-steps"),
-        "train.epochs": (epochs, "--epochs"),
-        "train.max_time": (max_time, "--max-time"),
-        "train.batch_size": (batch_size, "--batch-size"),
-        "train.lr": (lr, "--lr"),
-        "train.seed": (seed, "--seed"),
-    }
+def flag_name(key: str, info: FieldInfo | None = None) -> str:
+    """``train.max_steps`` -> ``--max-steps``; a field may name its flag in ``json_schema_extra={"flag": ...}``."""
+    extra = info.json_schema_extra if info is not None and isinstance(info.json_schema_extra, dict) else {}
+    if extra.get("flag"):
+        return str(extra["flag"])
+    name = key.rpartition(".")[2]
+    return "--" + name.removesuffix("_s").replace("_", "-")
 
 
-def _true_or_none(value: bool) -> bool | None:
-    return True if value else None
+def _base_type(annotation: Any) -> tuple[Any, bool]:
+    """The field's value type without ``None``/``Annotated``, and whether it is a list."""
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+        return _base_type(annotation)
+    if typing.get_origin(annotation) is list:
+        return typing.get_args(annotation)[0], True
+    return annotation, False
+
+
+def _shown_default(info: FieldInfo) -> str | None:
+    if info.is_required():
+        return None
+    default = info.get_default(call_default_factory=True)
+    if default is None or default is False or default == [] or default == {}:
+        return None
+    return ", ".join(map(str, default)) if isinstance(default, list) else str(default)
+
+
+def _parameter(key: str, info: FieldInfo, *, choices: list[str] | None = None,
+               help_text: str | None = None) -> inspect.Parameter:
+    """One typer option for the config field ``key``: its type, help and default come from the field."""
+    base, is_list = _base_type(info.annotation)
+    text = help_text or info.description or ""
+    if info.is_required():
+        text += " (required, here or in --config)"
+    shown = _shown_default(info)
+    if shown is not None:
+        text += f"  [default: {shown}]"
+    flag = flag_name(key, info)
+    name = key.replace(".", "__")
+    if base is bool and not is_list:
+        if info.get_default() is False:  # a switch: present means true; absent leaves the config's value
+            return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=False,
+                                     annotation=Annotated[bool, typer.Option(flag, help=text, show_default=False)])
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            bool | None, typer.Option(f"{flag}/--no-{flag[2:]}", help=text, show_default=False)])
+    if choices is None and typing.get_origin(base) is Literal:
+        choices = [str(c) for c in typing.get_args(base)]
+    if choices:
+        kind: Any = Literal[tuple(choices)]  # type: ignore[valid-type]
+        metavar = "[" + "|".join(choices) + "]"
+    elif "duration" in text.lower() or key.endswith("max_time"):
+        kind, metavar = str, "TIME"
+    else:
+        kind, metavar = (base if base in METAVARS else str), METAVARS.get(base, "TEXT")
+    option = typer.Option(flag, help=text, show_default=False, metavar=metavar + ("..." if is_list else ""))
+    annotation = Annotated[list[kind] | None if is_list else kind | None, option]  # type: ignore[valid-type]
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+
+
+CONFIG_FILE = inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+    Path | None, typer.Option("--config", help="YAML config file; flags override it", metavar="FILE")])
+SETS = inspect.Parameter("set_", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+    list[str] | None, typer.Option("--set", metavar="KEY=VALUE",
+                                      help="override any config key, e.g. --set train.lr=3e-5 (repeatable)")])
+
+
+def config_command(schema: type[BaseModel], keys: tuple[str, ...], run: Callable[[BaseModel], None], doc: str, *,
+                   pick: Callable[[dict], type[BaseModel]] | None = None,
+                   choices: dict[str, list[str]] | None = None, helps: dict[str, str] | None = None) -> Callable:
+    """A typer command whose options are ``schema``'s fields ``keys`` plus ``--config`` and ``--set``; it builds the
+    config (``pick`` may choose the final class from the merged keys) and hands it to ``run``."""
+    choices, helps = choices or {}, helps or {}
+    params = [_parameter(k, field_of(schema, k), choices=choices.get(k), help_text=helps.get(k)) for k in keys]
+
+    def command(**values: Any) -> None:
+        flags = {}
+        for key in keys:
+            value = values[key.replace(".", "__")]
+            flags[key] = (None if value is False or value == [] else value, flag_name(key, field_of(schema, key)))
+        run(build_config(pick or schema, file=values["config"], flags=flags, sets=values["set_"]))
+
+    command.__signature__ = inspect.Signature([*params, CONFIG_FILE, SETS])  # type: ignore[attr-defined]
+    command.__annotations__ = {}
+    command.__doc__ = doc
+    return command
 
 
 def _echo_json(data) -> None:
@@ -96,13 +164,8 @@ def datasets_list(
     """The bundled datasets: name, task, splits, size and license."""
     from lmforge.data.registry import BUNDLED, file_size
 
-    rows = []
-    for d in BUNDLED.values():
-        rows.append({
-            "name": d.name, "task": d.task, "splits": list(d.splits) if d.task != "pretraining" else ["train", *[s for s in d.splits if s != "train"]],
-            "size_kb": round(file_size(d) / 1024, 1), "license": d.license, "description": d.description,
-            "source": d.source,
-        })
+    rows = [{"name": d.name, "task": d.task, "splits": list(d.splits), "size_kb": round(file_size(d) / 1024, 1),
+             "license": d.license, "description": d.description, "source": d.source} for d in BUNDLED.values()]
     if as_json:
         _echo_json(rows)
         return
@@ -118,176 +181,101 @@ def datasets_list(
     Console(width=200).print(table)
 
 
-@tokenizer_app.command("train")
-def tokenizer_train(
-    corpus: Annotated[Optional[list[str]], typer.Option("--corpus", help="corpus files or bundled names (several allowed)")] = None,
-    kind: Annotated[Optional[str], typer.Option("--kind", help="wordpiece or bpe")] = None,
-    vocab_size: Annotated[Optional[int], typer.Option("--vocab-size", help=field_help(TokenizerTrainConfig, "vocab_size"))] = None,
-    lowercase: Annotated[Optional[bool], typer.Option("--lowercase/--no-lowercase", help=field_help(TokenizerTrainConfig, "lowercase"))] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help=field_help(TokenizerTrainConfig, "out"))] = None,
-    overwrite: Overwrite = False,
-    config: ConfigFile = None,
-    set_: SetOpt = None,
-) -> None:
-    """Train a WordPiece (BERT) or byte-level BPE (GPT) tokenizer on a corpus."""
+def _train_tokenizer(cfg: TokenizerTrainConfig) -> None:
     import time
 
-    from lmforge.tokenizer import train_tokenizer
+    from lmforge.data.tokenizer import train_tokenizer
 
-    cfg = build_config(
-        TokenizerTrainConfig, file=config, sets=set_,
-        flags={"corpus": (corpus, "--corpus"), "kind": (kind, "--kind"), "vocab_size": (vocab_size, "--vocab-size"),
-               "lowercase": (lowercase, "--lowercase"), "out": (out, "--out"),
-               "overwrite": (_true_or_none(overwrite), "--overwrite")},
-    )
     start = time.monotonic()
-    path = train_tokenizer(cfg)
-    from transformers import AutoTokenizer
-
-    size = len(AutoTokenizer.from_pretrained(path))
-    typer.echo(f"tokenizer ({cfg.kind}, {size:,} tokens) written to {path} in {time.monotonic() - start:.1f}s")
+    path = train_tokenizer(cfg, show_progress=_state["progress"])
+    typer.echo(f"tokenizer ({cfg.kind}) written to {path} in {time.monotonic() - start:.1f}s")
 
 
-@app.command()
-def pretrain(
-    objective: Annotated[Optional[str], typer.Option("--objective", help=field_help(PretrainConfig, "objective"))] = None,
-    corpus: Annotated[Optional[list[str]], typer.Option("--corpus", help="corpus files or bundled names (several allowed)")] = None,
-    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help=field_help(PretrainConfig, "tokenizer"))] = None,
-    size: Annotated[Optional[str], typer.Option("--size", help="tiny, mini, small or base")] = None,
-    init: Annotated[Optional[str], typer.Option("--init", help=field_help(PretrainConfig, "init"))] = None,
-    seq_len: Annotated[Optional[int], typer.Option("--seq-len", help=field_help(PretrainConfig, "seq_len"))] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help=field_help(PretrainConfig, "out"))] = None,
-    max_steps: MaxSteps = None,
-    epochs: Epochs = None,
-    max_time: MaxTime = None,
-    batch_size: BatchSize = None,
-    lr: LearningRate = None,
-    seed: Seed = None,
-    resume: Resume = False,
-    overwrite: Overwrite = False,
-    config: ConfigFile = None,
-    set_: SetOpt = None,
-) -> None:
-    """Pretrain an encoder (mlm-nsp) or a decoder (clm) on raw text, from scratch or from --init."""
-    from lmforge.stages import pretrain as run_pretrain
-
-    cfg = build_config(
-        PretrainConfig, file=config, sets=set_,
-        flags={"objective": (objective, "--objective"), "corpus": (corpus, "--corpus"),
-               "tokenizer": (tokenizer, "--tokenizer"), "size": (size, "--size"), "init": (init, "--init"),
-               "seq_len": (seq_len, "--seq-len"),
-               **_run_flags(out, resume, overwrite, max_steps, epochs, max_time, batch_size, lr, seed)},
-    )
-    summary = run_pretrain(cfg, show_progress=_state["progress"])
-    _print_summary(summary)
+tokenizer_app.command("train")(config_command(
+    TokenizerTrainConfig, ("corpus", "kind", "vocab_size", "lowercase", "out", "overwrite"), _train_tokenizer,
+    "Train a WordPiece (BERT) or byte-level BPE (GPT) tokenizer on a corpus."))
 
 
-@finetune_app.command("classify")
-def finetune_classify_cmd(
-    model: Annotated[Optional[str], typer.Option("--model", help=field_help(FinetuneClassifyConfig, "model"))] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help=field_help(FinetuneClassifyConfig, "data"))] = None,
-    eval_: Annotated[Optional[str], typer.Option("--eval", help=field_help(FinetuneClassifyConfig, "eval"))] = None,
-    text_field: Annotated[Optional[str], typer.Option("--text-field", help=field_help(FinetuneClassifyConfig, "text_field"))] = None,
-    label_field: Annotated[Optional[str], typer.Option("--label-field", help=field_help(FinetuneClassifyConfig, "label_field"))] = None,
-    max_length: Annotated[Optional[int], typer.Option("--max-length", help=field_help(FinetuneClassifyConfig, "max_length"))] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help=field_help(FinetuneClassifyConfig, "out"))] = None,
-    max_steps: MaxSteps = None,
-    epochs: Epochs = None,
-    max_time: MaxTime = None,
-    batch_size: BatchSize = None,
-    lr: LearningRate = None,
-    seed: Seed = None,
-    resume: Resume = False,
-    overwrite: Overwrite = False,
-    config: ConfigFile = None,
-    set_: SetOpt = None,
-) -> None:
-    """Fine-tune a text classifier (sentiment, topic, spam, ...); the best checkpoint on dev data is kept."""
-    from lmforge.tasks.classify import finetune_classify
+def _pretrain(cfg: BaseModel) -> None:
+    from lmforge.stages import pretrain
 
-    cfg = build_config(
-        FinetuneClassifyConfig, file=config, sets=set_,
-        flags={"model": (model, "--model"), "data": (data, "--data"), "eval": (eval_, "--eval"),
-               "text_field": (text_field, "--text-field"), "label_field": (label_field, "--label-field"),
-               "max_length": (max_length, "--max-length"),
-               **_run_flags(out, resume, overwrite, max_steps, epochs, max_time, batch_size, lr, seed)},
-    )
-    summary = finetune_classify(cfg, show_progress=_state["progress"])
-    _print_summary(summary)
+    _print_summary(pretrain(cfg, show_progress=_state["progress"], started=_state["started"]))
 
 
-@finetune_app.command("chat")
-def finetune_chat_cmd(
-    model: Annotated[Optional[str], typer.Option("--model", help=field_help(FinetuneChatConfig, "model"))] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help=field_help(FinetuneChatConfig, "data"))] = None,
-    eval_: Annotated[Optional[str], typer.Option("--eval", help=field_help(FinetuneChatConfig, "eval"))] = None,
-    max_length: Annotated[Optional[int], typer.Option("--max-length", help=field_help(FinetuneChatConfig, "max_length"))] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help=field_help(FinetuneChatConfig, "out"))] = None,
-    max_steps: MaxSteps = None,
-    epochs: Epochs = None,
-    max_time: MaxTime = None,
-    batch_size: BatchSize = None,
-    lr: LearningRate = None,
-    seed: Seed = None,
-    resume: Resume = False,
-    overwrite: Overwrite = False,
-    config: ConfigFile = None,
-    set_: SetOpt = None,
-) -> None:
-    """Fine-tune a causal LM into a chatbot on multi-turn conversations (loss on assistant turns only)."""
-    from lmforge.tasks.chat import finetune_chat
+def _pretrain_command() -> Callable:
+    objectives = registry.tasks("pretrain")
+    described = "; ".join(f"{t.name}: {t.summary}" for t in objectives)
 
-    cfg = build_config(
-        FinetuneChatConfig, file=config, sets=set_,
-        flags={"model": (model, "--model"), "data": (data, "--data"), "eval": (eval_, "--eval"),
-               "max_length": (max_length, "--max-length"),
-               **_run_flags(out, resume, overwrite, max_steps, epochs, max_time, batch_size, lr, seed)},
-    )
-    _print_summary(finetune_chat(cfg, show_progress=_state["progress"]))
+    def pick(merged: dict) -> type[BaseModel]:
+        from lmforge.stages import pretrain_task
+
+        return pretrain_task(merged.get("objective")).config
+
+    return config_command(
+        PretrainConfig, ("objective", "corpus", "tokenizer", "size", "init", "seq_len", *RUN_OPTIONS), _pretrain,
+        "Pretrain an encoder or a decoder on raw text, from scratch (--size) or from --init.",
+        pick=pick, choices={"objective": [t.name for t in objectives]},
+        helps={"objective": f"the pretraining objective ({described})"})
 
 
-@finetune_app.command("code")
-def finetune_code_cmd(
-    model: Annotated[Optional[str], typer.Option("--model", help=field_help(FinetuneCodeConfig, "model"))] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help=field_help(FinetuneCodeConfig, "data"))] = None,
-    eval_: Annotated[Optional[str], typer.Option("--eval", help=field_help(FinetuneCodeConfig, "eval"))] = None,
-    seq_len: Annotated[Optional[int], typer.Option("--seq-len", help=field_help(FinetuneCodeConfig, "seq_len"))] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help=field_help(FinetuneCodeConfig, "out"))] = None,
-    max_steps: MaxSteps = None,
-    epochs: Epochs = None,
-    max_time: MaxTime = None,
-    batch_size: BatchSize = None,
-    lr: LearningRate = None,
-    seed: Seed = None,
-    resume: Resume = False,
-    overwrite: Overwrite = False,
-    config: ConfigFile = None,
-    set_: SetOpt = None,
-) -> None:
-    """Continue training a causal LM on Python functions (docstring -> function) for code completion."""
-    from lmforge.tasks.code import finetune_code
-
-    cfg = build_config(
-        FinetuneCodeConfig, file=config, sets=set_,
-        flags={"model": (model, "--model"), "data": (data, "--data"), "eval": (eval_, "--eval"),
-               "seq_len": (seq_len, "--seq-len"),
-               **_run_flags(out, resume, overwrite, max_steps, epochs, max_time, batch_size, lr, seed)},
-    )
-    _print_summary(finetune_code(cfg, show_progress=_state["progress"]))
+app.command("pretrain")(_pretrain_command())
 
 
-MaxNew = Annotated[int, typer.Option("--max-new-tokens", help="tokens to generate at most", min=1)]
-Temperature = Annotated[float, typer.Option("--temperature", help="scales logits before the softmax; 0 is greedy", min=0)]
-TopK = Annotated[int, typer.Option("--top-k", help="sample among the k most likely tokens (0: off)", min=0)]
-TopP = Annotated[float, typer.Option("--top-p", help="nucleus sampling: smallest set with this mass (1: off)", min=0.01, max=1)]
-RepPenalty = Annotated[float, typer.Option("--repetition-penalty", help="penalize tokens already present (1: off)", min=0.01)]
-Stops = Annotated[Optional[list[str]], typer.Option("--stop", help="stop when this text appears (repeatable)")]
-GenSeed = Annotated[Optional[int], typer.Option("--seed", help="makes sampling reproducible")]
+def _finetune_runner(name: str) -> Callable[[BaseModel], None]:
+    def run(cfg: BaseModel) -> None:
+        from lmforge.stages import finetune
+
+        _print_summary(finetune(name, cfg, show_progress=_state["progress"], started=_state["started"]))
+
+    return run
+
+
+for _task in registry.tasks("finetune"):
+    finetune_app.command(_task.name)(config_command(_task.config, (*_task.flags, *RUN_OPTIONS),
+                                                    _finetune_runner(_task.name), _task.summary))
+
+# sampling options, declared once for every command that generates (defaults differ per command)
+SAMPLING_OPTIONS = {
+    "max_new_tokens": (int, typer.Option("--max-new-tokens", min=1, metavar="N", help="tokens to generate at most")),
+    "temperature": (float, typer.Option("--temperature", min=0, metavar="X", help="scales logits before the softmax; 0 is greedy")),
+    "top_k": (int, typer.Option("--top-k", min=0, metavar="N", help="sample among the k most likely tokens (0: off)")),
+    "top_p": (float, typer.Option("--top-p", min=0.01, max=1, metavar="X",
+                                  help="nucleus sampling: smallest set with this mass (1: off)")),
+    "repetition_penalty": (float, typer.Option("--repetition-penalty", min=0.01, metavar="X",
+                                               help="penalize tokens already present (1: off)")),
+    "stop": (list[str] | None, typer.Option("--stop", metavar="TEXT", help="stop when this text appears (repeatable)")),
+    "seed": (int | None, typer.Option("--seed", metavar="N", help="makes sampling reproducible")),
+}
+
+
+def sampling_command(doc: str, defaults: dict[str, Any], arguments: list[inspect.Parameter],
+                     body: Callable[..., None]) -> Callable:
+    """A command taking ``arguments`` and the sampling options (with these ``defaults``); ``body`` gets the
+    arguments by name and ``params``, the SamplingParams built from the options."""
+    sampling = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=defaults.get(name),
+                                  annotation=Annotated[kind, option])
+                for name, (kind, option) in SAMPLING_OPTIONS.items() if name in defaults]
+
+    def command(**values: Any) -> None:
+        from lmforge.inference.generation import SamplingParams
+
+        chosen = {k: values.pop(k) for k in defaults}
+        chosen["stop"] = chosen.get("stop") or []
+        body(**values, params=SamplingParams(**chosen))
+
+    command.__signature__ = inspect.Signature([*arguments, *sampling])  # type: ignore[attr-defined]
+    command.__annotations__ = {}
+    command.__doc__ = doc
+    return command
+
+
+def _argument(name: str, kind: Any, marker: Any, default: Any = inspect.Parameter.empty) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, marker])
 
 
 def _generation_pipeline(run: Path):
-    from lmforge.inference import load
     from lmforge.inference.pipelines import GenerationPipeline
+    from lmforge.stages import load
 
     pipeline = load(run)
     if not isinstance(pipeline, GenerationPipeline):
@@ -296,26 +284,8 @@ def _generation_pipeline(run: Path):
     return pipeline
 
 
-@app.command()
-def generate(
-    run: Annotated[Path, typer.Argument(help="run dir or HF folder of a causal LM")],
-    prompt: Annotated[str, typer.Argument(help="text to continue")],
-    max_new_tokens: MaxNew = 64,
-    temperature: Temperature = 1.0,
-    top_k: TopK = 50,
-    top_p: TopP = 1.0,
-    repetition_penalty: RepPenalty = 1.0,
-    stop: Stops = None,
-    seed: GenSeed = None,
-    stream: Annotated[bool, typer.Option("--stream", help="print tokens as they are produced")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object (text, finish_reason, usage)")] = False,
-) -> None:
-    """Generate a continuation of PROMPT (KV cache; sampling reproducible with --seed)."""
-    from lmforge.inference.generation import SamplingParams
-
+def _generate(run: Path, prompt: str, stream: bool, as_json: bool, params) -> None:
     pipeline = _generation_pipeline(run)
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                            repetition_penalty=repetition_penalty, stop=stop or [], seed=seed)
     if as_json:
         out = pipeline.generator.generate([prompt], params)[0]
         _echo_json({"prompt": prompt, **vars(out)})
@@ -332,25 +302,22 @@ def generate(
     sys.stdout.write("\n")
 
 
-@app.command()
-def chat(
-    run: Annotated[Path, typer.Argument(help="a chat run (lmforge finetune chat)")],
-    system: Annotated[Optional[str], typer.Option("--system", help="a system message to start with")] = None,
-    max_new_tokens: MaxNew = 128,
-    temperature: Temperature = 0.7,
-    top_k: TopK = 50,
-    top_p: TopP = 0.95,
-    repetition_penalty: RepPenalty = 1.1,
-    seed: GenSeed = None,
-) -> None:
-    """Chat in the terminal; the conversation is kept. /reset starts over, /exit (or Ctrl-D) leaves."""
-    from lmforge.inference.generation import SamplingParams
+app.command("generate")(sampling_command(
+    "Generate a continuation of PROMPT (KV cache; sampling reproducible with --seed).",
+    {"max_new_tokens": 64, "temperature": 1.0, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0, "stop": None,
+     "seed": None},
+    [_argument("run", Path, typer.Argument(help="run dir or HF folder of a causal LM", metavar="RUN")),
+     _argument("prompt", str, typer.Argument(help="text to continue", metavar="PROMPT")),
+     _argument("stream", bool, typer.Option("--stream", help="print tokens as they are produced"), False),
+     _argument("as_json", bool, typer.Option("--json", help="print one JSON object (text, finish_reason, usage)"),
+               False)],
+    _generate))
 
+
+def _chat(run: Path, system: str | None, params) -> None:
     pipeline = _generation_pipeline(run)
     if not pipeline.has_chat_template:
         raise LmforgeError(f"'{run}' has no chat template", fix="fine-tune it first: lmforge finetune chat --model RUN")
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                            repetition_penalty=repetition_penalty, seed=seed)
     history = [{"role": "system", "content": system}] if system else []
     typer.echo(f"chatting with {run} -- /reset starts over, /exit leaves", err=True)
     while True:
@@ -380,21 +347,33 @@ def chat(
         history.append({"role": "assistant", "content": reply.strip()})
 
 
+app.command("chat")(sampling_command(
+    "Chat in the terminal; the conversation is kept. /reset starts over, /exit (or Ctrl-D) leaves.",
+    {"max_new_tokens": 128, "temperature": 0.7, "top_k": 50, "top_p": 0.95, "repetition_penalty": 1.1,
+     "seed": None},
+    [_argument("run", Path, typer.Argument(help="a chat run (lmforge finetune chat)", metavar="RUN")),
+     _argument("system", str | None, typer.Option("--system", metavar="TEXT", help="a system message to start with"), None)],
+    _chat))
+
+
 @app.command()
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="run dir")],
-    data: Annotated[Optional[str], typer.Option("--data", help="labeled data: a file or bundled name[:split]")] = None,
-    text_field: Annotated[Optional[str], typer.Option("--text-field", help="text field (default: the run's)")] = None,
-    label_field: Annotated[Optional[str], typer.Option("--label-field", help="label field (default: the run's)")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="examples per forward pass")] = 64,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="code runs: evaluate the first N functions only")] = None,
+    run: Annotated[Path, typer.Argument(help="run dir", metavar="RUN")],
+    data: Annotated[str | None, typer.Option("--data", metavar="DATA", help="data to score on: a file or bundled name[:split] "
+                                                "(default: the task's own, e.g. the run's held-out text)")] = None,
+    text_field: Annotated[str | None, typer.Option("--text-field", metavar="FIELD", help="text field (default: the run's)")] = None,
+    label_field: Annotated[str | None, typer.Option("--label-field", metavar="FIELD", help="label field (default: the run's)")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", help="examples per forward pass")] = 64,
+    limit: Annotated[int | None, typer.Option("--limit", metavar="N", help="score the first N examples only (slow generative "
+                                                 "metrics, e.g. code)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object of metrics on stdout")] = False,
 ) -> None:
-    """Evaluate a run (classification: accuracy/F1; LMs: perplexity; code: parse rate, chrF, pass@1); writes eval.json."""
-    from lmforge.evaluation.evaluate import evaluate_run
+    """Evaluate a run with its task's metrics (classification: accuracy/F1; LMs: perplexity; code: pass@1, ...);
+    writes RUN/eval.json."""
+    from lmforge.stages import evaluate as run_evaluation
 
-    result = evaluate_run(run, data, text_field=text_field, label_field=label_field, batch_size=batch_size,
-                          limit=limit)
+    result = run_evaluation(run, data, text_field=text_field, label_field=label_field, batch_size=batch_size,
+                            limit=limit)
     if as_json:
         _echo_json(result)
         return
@@ -403,16 +382,19 @@ def evaluate(
 
 @app.command()
 def predict(
-    run: Annotated[Path, typer.Argument(help="run dir")],
-    texts: Annotated[Optional[list[str]], typer.Argument(help="texts to classify")] = None,
-    input_: Annotated[Optional[str], typer.Option("--input", help="a .jsonl/.csv/.tsv/.parquet file of texts")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", help="write JSON lines here instead of stdout")] = None,
-    text_field: Annotated[str, typer.Option("--text-field", help="text field of --input rows")] = "text",
-    overwrite: Overwrite = False,
+    run: Annotated[Path, typer.Argument(help="run dir (a classifier, or a masked LM to fill [MASK]s)", metavar="RUN")],
+    texts: Annotated[list[str] | None, typer.Argument(help="texts to predict for", metavar="TEXT...")] = None,
+    input_: Annotated[str | None, typer.Option("--input", metavar="FILE", help="a .jsonl/.csv/.tsv/.parquet file of texts")] = None,
+    output: Annotated[Path | None, typer.Option("--output", metavar="FILE", help="write JSON lines here instead of stdout")] = None,
+    text_field: Annotated[str, typer.Option("--text-field", metavar="FIELD", help="text field of --input rows")] = "text",
+    top_k: Annotated[int, typer.Option("--top-k", min=1, metavar="N", help="masked LMs: candidates per [MASK]")] = 5,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --output file")] = False,
 ) -> None:
-    """Predict with a run: one JSON object per input (label, score, probabilities) on stdout or in --output."""
+    """Predict with a run: one JSON object per input on stdout or in --output (a classifier: label, score,
+    probabilities; a masked LM: the top tokens for each [MASK])."""
     from lmforge.errors import DataError
-    from lmforge.inference import load
+    from lmforge.inference.pipelines import FillMaskPipeline
+    from lmforge.stages import load
 
     if bool(texts) == bool(input_):
         raise LmforgeError("give texts as arguments or --input FILE (one of the two)",
@@ -424,7 +406,10 @@ def predict(
 
         texts = load_text_label(input_, text_field, None).texts
     pipeline = load(run)
-    results = [{"text": t, **r} for t, r in zip(texts, pipeline.predict(texts))]
+    if pipeline.predict_hint:
+        raise LmforgeError(f"'{run}' is a {pipeline.task} run: {pipeline.predict_hint}")
+    options = {"top_k": top_k} if isinstance(pipeline, FillMaskPipeline) else {}
+    results = [{"text": t, **r} for t, r in zip(texts, pipeline.predict(texts, **options))]
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
     if output is None:
         sys.stdout.write(lines)
@@ -434,42 +419,60 @@ def predict(
         typer.echo(f"{len(results)} predictions written to {output}", err=True)
 
 
-@app.command()
-def serve(
-    runs: Annotated[list[str], typer.Argument(help="run dirs to serve (RUN or name=RUN)")],
-    host: Annotated[str, typer.Option("--host", help="address to bind")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="port to listen on")] = 8000,
-    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="LMFORGE_API_KEY",
-                                                   help="require 'Authorization: Bearer KEY' on /v1 routes")] = None,
-    cors_origin: Annotated[Optional[list[str]], typer.Option("--cors-origin", help="allow this origin (repeatable)")] = None,
-    max_in_flight: Annotated[int, typer.Option("--max-in-flight", help="requests at once; more get 429")] = 64,
-    micro_batch: Annotated[bool, typer.Option("--micro-batch/--no-micro-batch", help="gather concurrent requests")] = True,
-    batch_wait_ms: Annotated[float, typer.Option("--batch-wait-ms", help="wait this long to gather a batch")] = 5.0,
-    shutdown_delay: Annotated[float, typer.Option("--shutdown-delay", help="seconds not-ready before closing on SIGTERM")] = 0.0,
-) -> None:
-    """Serve runs as a REST API (task routes + OpenAI-compatible) with a web UI at /."""
-    from lmforge.serve.run import serve as run_server
+def _serve_command() -> Callable:
+    """``lmforge serve``: one option per server setting (ServeSettings; each also reads ``LMFORGE_<NAME>`` from the
+    environment, e.g. LMFORGE_API_KEY), plus the runs to serve."""
     from lmforge.serve.settings import ServeSettings
 
-    specs = check_servable(runs)
-    check_port_free(host, port)
-    settings = ServeSettings(host=host, port=port, api_key=api_key, cors_origins=cors_origin or [],
-                             max_in_flight=max_in_flight, micro_batch=micro_batch, batch_wait_ms=batch_wait_ms,
-                             shutdown_delay_s=shutdown_delay)
-    run_server(specs, settings, on_started=lambda url: typer.echo(
-        f"lmforge is serving {len(specs)} model(s) at {url}  (web UI: {url}/, API docs: {url}/docs); Ctrl+C stops it"))
+    keys = tuple(ServeSettings.model_fields)
+    params = [inspect.Parameter("runs", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
+        list[str], typer.Argument(help="run dirs or model folders to serve (RUN or name=RUN)", metavar="RUN...")])]
+    params += [_parameter(k, ServeSettings.model_fields[k]) for k in keys]
+
+    def command(**values: Any) -> None:
+        from lmforge.serve.run import serve as run_server
+
+        given = {k: values[k] for k in keys if values[k] is not None and values[k] is not False and values[k] != []}
+        settings = _serve_settings(given)
+        specs = check_servable(values["runs"])
+        check_port_free(settings.host, settings.port)
+        run_server(specs, settings, on_started=lambda url: typer.echo(
+            f"lmforge is serving {len(specs)} model(s) at {url}  (web UI: {url}/, API docs: {url}/docs); "
+            "Ctrl+C stops it"))
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {}
+    command.__doc__ = "Serve runs as a REST API (task routes + OpenAI-compatible) with a web UI at /."
+    return command
+
+
+def _serve_settings(given: dict):
+    from pydantic import ValidationError
+
+    from lmforge.serve.settings import ServeSettings
+
+    try:
+        return ServeSettings(**given)
+    except ValidationError as exc:
+        problems = [f"{flag_name(str(e['loc'][0]), ServeSettings.model_fields.get(str(e['loc'][0])))}: {e['msg']}"
+                    for e in exc.errors()]
+        raise LmforgeError("invalid server settings", problems=problems, fix="see lmforge serve --help") from None
+
+
+app.command("serve")(_serve_command())
 
 
 def check_servable(runs: list[str]) -> list[str]:
-    from lmforge.inference.pipelines import PIPELINES
-    from lmforge.rundir import RunDir
+    """Every run loads as some task the server answers: checked before the port is opened."""
     from lmforge.serve.registry import parse_model_specs
+    from lmforge.stages import resolve_task
 
-    for name, path in parse_model_specs(runs):
-        info = RunDir.open(path).info()
-        if info.get("task") not in PIPELINES:
-            raise LmforgeError(f"run '{path}' is a {info.get('task')} run, which cannot be served",
-                               fix=f"serve runs of these tasks: {', '.join(PIPELINES)}")
+    for _, path in parse_model_specs(runs):
+        task, _, _ = resolve_task(path)
+        if not task.routes:
+            servable = [t.name for t in registry.tasks() if t.routes]
+            raise LmforgeError(f"run '{path}' is a {task.name} run, which no route serves",
+                               fix=f"serve runs of these tasks: {', '.join(servable)}")
     return runs
 
 
@@ -487,14 +490,29 @@ def check_port_free(host: str, port: int) -> None:
                                fix="choose another --port, or stop what is using it") from None
 
 
+def free_port(host: str, port: int) -> int:
+    """``port`` if it is free, else the next free one above it (0: let the system choose)."""
+    import socket
+
+    for candidate in range(port, port + 50):
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, candidate))
+                return candidate
+            except OSError:
+                continue
+    return 0
+
+
 @app.command()
 def quickstart(
     from_scratch: Annotated[bool, typer.Option("--from-scratch", help="train a tokenizer and pretrain a tiny BERT first")] = False,
     no_serve: Annotated[bool, typer.Option("--no-serve", help="stop after the report")] = False,
-    out: Annotated[Optional[Path], typer.Option("--out", help="run dir (default: runs/quickstart-<time>)")] = None,
-    max_time: Annotated[Optional[str], typer.Option("--max-time", help="fine-tuning budget (default: 2m30s on CPU)")] = None,
-    host: Annotated[str, typer.Option("--host", help="address to bind")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="port (the next free one is used if taken)")] = 8000,
+    out: Annotated[Path | None, typer.Option("--out", metavar="PATH", help="run dir (default: runs/quickstart-<time>)")] = None,
+    max_time: Annotated[str | None, typer.Option("--max-time", metavar="TIME", help="fine-tuning budget (default: 2m30s on CPU)")] = None,
+    host: Annotated[str, typer.Option("--host", metavar="HOST", help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", metavar="N", help="port (the next free one is used if taken)")] = 8000,
 ) -> None:
     """The main job: fine-tune the embedded encoder on movie reviews, evaluate, report, and serve API + web UI."""
     from lmforge.config import parse_duration
@@ -504,47 +522,52 @@ def quickstart(
         budget = parse_duration(max_time) if max_time else None
     except ValueError as exc:
         raise LmforgeError(str(exc), where="--max-time") from None
-    run_quickstart(from_scratch=from_scratch, serve=not no_serve, out=out, max_time=budget, host=host, port=port,
-                   show_progress=_state["progress"], echo=typer.echo)
+    report = run_quickstart(from_scratch=from_scratch, out=out, max_time=budget, show_progress=_state["progress"],
+                            echo=typer.echo)
+    if no_serve:
+        return
+    from lmforge.serve.run import serve as run_server
+    from lmforge.serve.settings import ServeSettings
+
+    run_server([f"sentiment={report['run']}"], ServeSettings(host=host, port=free_port(host, port)),
+               on_started=lambda url: typer.echo(f"serving at {url}  (web UI: {url}/, API docs: {url}/docs); "
+                                                 "Ctrl+C stops it"))
 
 
 # ------------------------------------------------------------------------------------- output helpers
 def _print_summary(summary: dict) -> None:
-    from lmforge.training import dist
+    from lmforge import dist
 
     if not dist.is_main():
         return
     parts = [f"run: {summary['run']}", f"steps: {summary['steps']}", f"epochs: {summary['epochs']}",
              f"time: {summary['elapsed_s']}s", f"stopped by: {summary['stopped_by']}"]
     typer.echo("  ".join(parts))
+    timing = summary.get("timing") or {}
+    if timing:
+        typer.echo("time spent: " + ", ".join(f"{k} {v}s" for k, v in timing.items()))
     if summary.get("last_eval"):
         typer.echo("last eval: " + "  ".join(f"{k} {v:.4f}" for k, v in summary["last_eval"].items()))
     best = summary.get("best") or {}
     if best.get("value") is not None:
         typer.echo(f"kept model/: best {best['metric']} {best['value']:.4f} at step {best['step']}")
+    for warning in summary.get("warnings") or []:
+        typer.echo(f"warning: {warning}")
 
 
 def _print_eval(result: dict) -> None:
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
-    if result.get("task") == "classify":
-        base = result["baseline"]
-        console.print(
-            f"[bold]{result['data']}[/]  n={result['n']}  accuracy [bold]{result['accuracy']:.4f}[/]  "
-            f"macro-F1 [bold]{result['macro_f1']:.4f}[/]   (majority '{base['majority_label']}': accuracy "
-            f"{base['accuracy']:.4f}, macro-F1 {base['macro_f1']:.4f})"
-        )
-        table = Table("label", "precision", "recall", "f1", "support")
-        for label, m in result["per_class"].items():
-            table.add_row(label, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
-        console.print(table)
+    task = registry.get(result.get("task"))
+    if task.report is not None:
+        for renderable in task.report(result):
+            console.print(renderable)
     else:
-        shown = {k: v for k, v in result.items() if not isinstance(v, (list, dict))}
+        shown = {k: v for k, v in result.items() if not isinstance(v, (list, dict)) and v is not None}
         console.print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()),
                       markup=False)
-    console.print(f"written: {Path(result['run']) / 'eval.json'}")
+    console.print(f"written: {Path(result['run']) / 'eval.json'}", markup=False)
 
 
 # ------------------------------------------------------------------------------------- entry point
@@ -569,12 +592,13 @@ def expand_multi_value(argv: list[str]) -> list[str]:
 
 
 def _configure_logging(level: int) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
     logger = logging.getLogger("lmforge")
     logger.handlers.clear()
     handler = RichHandler(show_time=False, show_path=False, markup=False, rich_tracebacks=False,
-                          console=__import__("rich.console", fromlist=["Console"]).Console(stderr=True))
+                          console=Console(stderr=True))
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(level)
@@ -583,19 +607,15 @@ def _configure_logging(level: int) -> None:
 
 def report_error(exc: BaseException) -> None:
     from rich.console import Console
-
-    console = Console(stderr=True, highlight=False)
-    console.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True) if not isinstance(exc, LmforgeError) else \
-        console.print("[bold red]error:[/] " + _escape(str(exc)), soft_wrap=True)
-
-
-def _escape(text: str) -> str:
     from rich.markup import escape
 
-    return escape(text)
+    Console(stderr=True, highlight=False).print("[bold red]error:[/] " + escape(str(exc)), soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:
+    import time
+
+    _state["started"] = time.monotonic()
     args = expand_multi_value(list(sys.argv[1:] if argv is None else argv))
     try:
         app(args=args, prog_name="lmforge", standalone_mode=True)

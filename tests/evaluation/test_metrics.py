@@ -12,8 +12,7 @@ from lmforge.evaluation.metrics import classification_metrics
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory, tiny_bert_dir, sentiment_files):
-    from lmforge.config import FinetuneClassifyConfig
-    from lmforge.tasks.classify import finetune_classify
+    from lmforge.tasks.classify import FinetuneClassifyConfig, finetune_classify
 
     out = tmp_path_factory.mktemp("eval") / "run"
     finetune_classify(FinetuneClassifyConfig.model_validate({

@@ -44,7 +44,7 @@ def test_static_engine_logits_equal_hf_forward(model_and_tok):
 
 def test_sampling_is_reproducible_with_a_seed(model_and_tok):
     gen = TextGenerator(*model_and_tok)
-    params = dict(max_new_tokens=20, temperature=1.0, top_k=40, top_p=0.9, ignore_eos=True)
+    params = {"max_new_tokens": 20, "temperature": 1.0, "top_k": 40, "top_p": 0.9, "ignore_eos": True}
     a = gen.generate(PROMPTS, SamplingParams(seed=7, **params))
     b = gen.generate(PROMPTS, SamplingParams(seed=7, **params))
     c = gen.generate(PROMPTS, SamplingParams(seed=8, **params))

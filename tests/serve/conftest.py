@@ -6,9 +6,8 @@ import pytest
 @pytest.fixture(scope="session")
 def classify_run(tmp_path_factory, tiny_bert_dir, sentiment_files):
     """A small but real classification run dir (tiny BERT, a few steps on real reviews), evaluated on test rows."""
-    from lmforge.config import FinetuneClassifyConfig
-    from lmforge.evaluation.evaluate import evaluate_run
-    from lmforge.tasks.classify import finetune_classify
+    from lmforge import FinetuneClassifyConfig, finetune_classify
+    from lmforge import evaluate as evaluate_run
 
     out = tmp_path_factory.mktemp("serve") / "sentiment"
     finetune_classify(FinetuneClassifyConfig.model_validate({

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 
 import httpx
@@ -13,6 +14,7 @@ from fastapi.testclient import TestClient
 import lmforge
 from lmforge.serve.app import create_app
 from lmforge.serve.settings import ServeSettings
+from tests.serve.live import uvicorn_in_thread
 
 
 def make_client(run, **settings) -> TestClient:
@@ -41,13 +43,15 @@ def test_classify_matches_the_python_api(client, classify_run):
     assert len(single["results"]) == 1
 
 
-def test_models_health_metrics_ui(client):
+def test_models_health_metrics_ui(client, classify_run):
     assert client.get("/health/live").json() == {"status": "ok"}
     assert client.get("/health/ready").status_code == 200
     models = client.get("/v1/models").json()
     card = models["data"][0]
     assert models["object"] == "list" and card["id"] == "sentiment" and card["task"] == "classify"
-    assert card["labels"] == ["negative", "positive"] and 0 <= card["metrics"]["accuracy"] <= 1
+    evaluation = json.loads((classify_run / "eval.json").read_text())
+    assert card["labels"] == ["negative", "positive"]
+    assert card["metrics"]["accuracy"] == evaluation["accuracy"] and card["metrics"]["n"] == evaluation["n"] == 60
     detail = client.get("/v1/models/sentiment").json()
     assert len(detail["curve"]) >= 10 and detail["eval_metric"] == "accuracy" and len(detail["eval_curve"]) == 3
     assert client.get("/v1/models/nope").status_code == 404
@@ -71,12 +75,21 @@ def test_models_health_metrics_ui(client):
         ({"text": "x"}, "inputs: Field required"),
         ({"inputs": 5}, "inputs"),
         ({"inputs": " ".join(["word"] * 300)}, "longer than the model's 64 tokens"),
+        ({"inputs": "x", "truncate": 0}, "truncate: Input should be a valid boolean"),  # no coercion (schemathesis)
+        ({"inputs": "x", "model": 5}, "model: Input should be a valid string"),
     ],
 )
 def test_422_explains_the_problem(client, payload, fragment):
     response = client.post("/v1/classify", json=payload)
     assert response.status_code == 422
     assert fragment in response.json()["detail"]
+
+
+def test_a_body_that_is_not_utf8_is_a_documented_400(client):
+    # found by schemathesis: FastAPI answers 400 for a body it cannot decode; the schema now documents it
+    response = client.post("/v1/classify", content=b'{"inputs": "\xff"}', headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and response.json() == {"detail": "There was an error parsing the body"}
+    assert "400" in client.get("/openapi.json").json()["paths"]["/v1/classify"]["post"]["responses"]
 
 
 def test_truncation_only_when_asked(client):
@@ -181,6 +194,9 @@ def test_micro_batching_gathers_requests_and_returns_each_its_own(classify_run):
     app.state.registry.load_all()
     texts = [[f"review number {i} was {'great' if i % 2 else 'awful'}", f"second text {i}"] for i in range(8)]
     expected = [lmforge.load(classify_run).predict(t) for t in texts]
+    pipeline = app.state.registry.models["sentiment"].pipeline
+    passes, predict = [], pipeline.predict
+    pipeline.predict = lambda batch, **kw: (passes.append(len(batch)), predict(batch, **kw))[1]  # each forward pass
 
     async def scenario():
         async with _async_client(app) as c:
@@ -191,12 +207,14 @@ def test_micro_batching_gathers_requests_and_returns_each_its_own(classify_run):
         got = response.json()["results"]
         assert [g["label"] for g in got] == [w["label"] for w in want]
         assert [g["probabilities"] for g in got] == [pytest.approx(w["probabilities"], abs=1e-5) for w in want]
-    histogram = app.state.metrics.batch_size.labels("sentiment")
-    samples = {s.name: s.value for s in app.state.metrics.registry.collect() for s in s.samples
-               if s.name.startswith("lmforge_batch_size")}
-    assert samples["lmforge_batch_size_sum"] == 16
-    assert samples["lmforge_batch_size_count"] < 8  # fewer forward passes than requests
-    assert histogram is not None
+    samples = {(s.name, s.labels.get("le")): s.value for s in app.state.metrics.registry.collect()
+               for s in s.samples if s.name.startswith("lmforge_batch_size")}
+    assert sum(passes) == 16 and len(passes) < 8  # every input once, in fewer forward passes than requests
+    # the histogram holds exactly the passes that ran: their count, their sum, and how many fell in each bucket
+    assert samples[("lmforge_batch_size_count", None)] == len(passes)
+    assert samples[("lmforge_batch_size_sum", None)] == 16
+    for bound in ("1.0", "2.0", "4.0", "8.0", "16.0", "32.0", "64.0", "128.0", "+Inf"):
+        assert samples[("lmforge_batch_size_bucket", bound)] == sum(n <= float(bound) for n in passes), bound
 
 
 def test_openapi_documents_every_status(client):
@@ -206,3 +224,44 @@ def test_openapi_documents_every_status(client):
     assert "503" in spec["paths"]["/health/ready"]["get"]["responses"]
     assert client.get("/docs").status_code == 200
     json.dumps(spec)
+
+
+# ------------------------------------------------------------------ unexpected errors: JSON 500, connection kept
+def _local_port(response: httpx.Response) -> int:
+    return response.extensions["network_stream"].get_extra_info("client_addr")[1]
+
+
+def test_an_unexpected_error_is_a_json_500_and_the_connection_stays_open(classify_run, gpt_run, caplog):
+    app = create_app([f"sentiment={classify_run}", f"gpt={gpt_run}"], ServeSettings(), load_in_background=False)
+    with uvicorn_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as c:
+        models = app.state.registry.models
+        assert c.get("/health/ready").status_code == 200
+        broken = RuntimeError("disk on fire")
+        models["sentiment"].pipeline.check_lengths = lambda texts: (_ for _ in ()).throw(broken)
+        models["gpt"].pipeline.prompt_ids = lambda prompt: (_ for _ in ()).throw(broken)
+        first = c.post("/v1/classify", json={"inputs": "fine"})
+        with caplog.at_level(logging.ERROR, logger="lmforge"):
+            failed = c.post("/v1/classify", json={"inputs": "a fine film"})
+            failed_openai = c.post("/v1/completions", json={"model": "gpt", "prompt": "The", "max_tokens": 2})
+        assert first.status_code == 500
+        body = failed.json()
+        assert failed.status_code == 500 and body == {"detail": f"internal error; request id {body['request_id']}",
+                                                      "request_id": body["request_id"]}
+        assert failed.headers["x-request-id"] == body["request_id"] and "disk" not in failed.text
+        error = failed_openai.json()["error"]  # OpenAI's shape on the OpenAI-compatible routes
+        assert failed_openai.status_code == 500 and error["type"] == "server_error"
+        assert error["message"] == f"internal error; request id {failed_openai.headers['x-request-id']}"
+        # logged under the "lmforge" logger, with the traceback, findable by the id the client was given
+        for request_id in (body["request_id"], failed_openai.headers["x-request-id"]):
+            record = next(r for r in caplog.records if request_id in r.getMessage())
+            assert record.name == "lmforge" and record.exc_info[1] is broken
+        # the keep-alive connection survived all three: the next requests go over the same socket and are served
+        del models["sentiment"].pipeline.check_lengths, models["gpt"].pipeline.prompt_ids
+        ok = c.post("/v1/classify", json={"inputs": "a fine film"})
+        ok_openai = c.post("/v1/completions", json={"model": "gpt", "prompt": "The", "max_tokens": 2})
+        assert ok.status_code == 200 and ok.json()["results"][0]["label"] in ("negative", "positive")
+        assert ok_openai.status_code == 200 and ok_openai.json()["usage"]["completion_tokens"] >= 1
+        assert {_local_port(r) for r in (first, failed, failed_openai, ok, ok_openai)} == {_local_port(first)}
+        metrics = c.get("/metrics").text  # the 500s are counted like any other answer, and freed their slots
+        assert 'lmforge_requests_total{method="POST",route="/v1/classify",status="500"} 2.0' in metrics
+        assert "lmforge_in_flight_requests 0.0" in metrics

@@ -11,15 +11,37 @@ import pytest
 
 from tests.serve.live import LiveServer
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# LMFORGE_CHROMIUM points at another browser binary (the tests of this very check point it at nothing)
+CHROMIUM = os.environ.get("LMFORGE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
+SUDO = "" if os.geteuid() == 0 else "sudo "
+INSTALL = f"{SUDO}apt-get update && {SUDO}apt-get install -y --no-install-recommends chromium fonts-dejavu-core"
 
-if not Path(CHROMIUM).exists():
-    if os.environ.get("CI"):
-        raise RuntimeError("CI needs Debian's chromium for the browser tests (.ci/run installs it)")
-    pytest.skip("chromium is not installed (apt-get install chromium); CI installs it", allow_module_level=True)
+
+def browser_required() -> bool:
+    """CI (CI=true) and `make test` (LMFORGE_REQUIRE_BROWSER=1) must run these tests: a missing browser fails them."""
+    return (os.environ.get("CI", "").lower() in ("true", "1", "yes")
+            or os.environ.get("LMFORGE_REQUIRE_BROWSER", "") not in ("", "0"))
+
+
+def missing_browser() -> str | None:
+    if not Path(CHROMIUM).exists():
+        return f"Debian's chromium is not installed ({CHROMIUM} not found); install it with: {INSTALL}"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is missing; install the dev extras: pip install -e '.[dev]'"
+    return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def chromium_present():
+    """Checked before anything else is set up (autouse, session scope: ahead of the model fixtures)."""
+    problem = missing_browser()
+    if problem:  # fail, not skip, where the browser tests must run: a skipped UI test hides a broken UI
+        (pytest.fail if browser_required() else pytest.skip)(problem + " (`make test` does it for you)")
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +142,43 @@ def test_chat_page_streams_a_reply(browser, chat_server):
     page.fill("#complete-max-tokens", "8")
     page.click("#complete-submit")
     page.wait_for_function("document.querySelector('#completion').innerText.length > 'It is a truth'.length")
+
+
+def offline_page(browser, server_url: str):
+    """A page that can reach the server and nothing else; returns it with the list of URLs it tried elsewhere."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    blocked: list[str] = []
+
+    def only_the_server(route) -> None:
+        if route.request.url.startswith(server_url + "/"):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_server)
+    return page, blocked
+
+
+def test_swagger_ui_lists_the_operations_offline(browser, server):
+    page, blocked = offline_page(browser, server.url)
+    page.goto(server.url + "/docs")
+    page.wait_for_selector(".opblock-summary-path[data-path='/v1/classify']", timeout=20_000)
+    operations = {(el.get_attribute("data-path")) for el in page.locator(".opblock-summary-path").all()}
+    assert {"/v1/classify", "/v1/models", "/health/ready", "/metrics"} <= operations
+    post = page.locator(".opblock-post:has(.opblock-summary-path[data-path='/v1/classify'])")
+    assert post.locator(".opblock-summary-method").inner_text() == "POST"
+    assert blocked == []  # everything it needed came from the server
+    page.screenshot(path=str(ARTIFACTS / "docs-swagger.png"))
+
+
+def test_redoc_renders_the_api_offline(browser, server):
+    page, blocked = offline_page(browser, server.url)
+    page.goto(server.url + "/redoc")
+    page.wait_for_selector("h1:has-text('lmforge')", timeout=20_000)
+    page.get_by_text("/v1/classify").first.wait_for(timeout=20_000)
+    sections = [el.get_attribute("data-section-id") for el in page.locator("[data-section-id]").all()]
+    assert any(sid.startswith("tag/classify/operation/") for sid in sections), sections
+    assert blocked == []
+    page.screenshot(path=str(ARTIFACTS / "docs-redoc.png"))

@@ -59,7 +59,7 @@ def test_chat_overfits_one_conversation_and_answers_it(tmp_path, gpt_run, cli):
     curve = [loss for _, loss in losses(out)]
     assert curve[-1] < 0.2 * curve[0], curve
     proc = subprocess.run([sys.executable, "-m", "lmforge", "chat", str(out), "--temperature", "0"],
-                          input="What is AI?\n/reset\nWhat is AI?\n/exit\n", capture_output=True, text=True,
+                          input="What is AI?\n/reset\nWhat is AI?\n/exit\n", capture_output=True, text=True, check=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     replies = [line.split("bot> ", 1)[1] for line in proc.stdout.splitlines() if "bot> " in line]

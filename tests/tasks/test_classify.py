@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmforge.config import FinetuneClassifyConfig
-from lmforge.tasks.classify import ClassificationBatches, finetune_classify
+from lmforge.tasks.classify import ClassificationBatches, FinetuneClassifyConfig, finetune_classify
 from tests.conftest import BUNDLED, read_jsonl_gz, write_jsonl
 from tests.helpers import evals, losses
 

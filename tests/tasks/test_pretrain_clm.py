@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lmforge.data.token_cache import token_cache
-from lmforge.tasks.pretrain_clm import PackedWindows, document_stream
+from lmforge.tasks.lm import PackedWindows, document_stream
 from tests.helpers import losses
 
 
@@ -52,12 +52,27 @@ def test_clm_overfits_and_saves_a_standard_gpt2(cli, tmp_path, tiny_corpus, bpe_
     assert json.loads(ours.out)["text"].startswith(lines[0][40:47])  # it continues the memorised line
 
 
-def test_evaluate_reports_perplexity(cli, gpt_run):
-    result = cli("evaluate", gpt_run, "--json")
+def test_evaluate_reports_the_loss_plain_transformers_computes(cli, gpt_run, tmp_path):
+    # held-out text given as a corpus file: every document, each ended by EOS, cut into full windows of seq_len 64
+    docs = [("It is a truth universally acknowledged, that a single man in possession of a good fortune.\n"
+            "However little known the feelings or views of such a man may be."), "You will be fortunate.\nSoon."] * 6
+    corpus = tmp_path / "held_out.txt"
+    corpus.write_text("\n\n".join(docs) + "\n")
+    result = cli("evaluate", gpt_run, "--data", corpus, "--json")
     assert result.code == 0, result.text
     metrics = json.loads(result.out)
-    assert metrics["perplexity"] == pytest.approx(np.exp(metrics["loss"]), rel=1e-6)
-    assert metrics["task"] == "clm"
+    tok = AutoTokenizer.from_pretrained(gpt_run / "model")
+    model = AutoModelForCausalLM.from_pretrained(gpt_run / "model").eval()
+    stream = []
+    for doc in docs:
+        for line in doc.splitlines():
+            stream += tok(line + "\n", add_special_tokens=False)["input_ids"]
+        stream.append(tok.eos_token_id)
+    windows = torch.tensor(stream[: len(stream) // 64 * 64]).view(-1, 64)
+    with torch.no_grad():
+        reference = float(np.mean([model(input_ids=w[None], labels=w[None]).loss for w in windows]))
+    assert metrics["loss"] == pytest.approx(reference, rel=1e-4)
+    assert metrics["perplexity"] == pytest.approx(np.exp(reference), rel=1e-4) and metrics["task"] == "clm"
 
 
 def test_chunked_head_loss_and_gradients_equal_the_hf_head():
@@ -65,7 +80,7 @@ def test_chunked_head_loss_and_gradients_equal_the_hf_head():
 
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from lmforge.tasks.lm_loss import CausalLMObjective
+    from lmforge.training.objectives import CausalLMObjective
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_embd=32, n_layer=2, n_head=2, resid_pdrop=0, embd_pdrop=0,

@@ -8,7 +8,8 @@ import torch
 from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer
 
 from lmforge.data.token_cache import split_documents, token_cache
-from lmforge.tasks.pretrain_mlm_nsp import MaskedPositionsPretraining, MlmNspBatches, make_instances
+from lmforge.tasks.pretrain_mlm_nsp import MlmNspBatches, make_instances
+from lmforge.training.objectives import MaskedPositionsPretraining
 from tests.helpers import losses, pretrain_args
 
 
@@ -43,7 +44,7 @@ def test_pairs_are_packed_and_balanced(cache):
     assert 0.4 < inst.nsp_label.mean() < 0.6
     true_next = inst.nsp_label == 0
     assert (inst.b_start[true_next] == inst.a_start[true_next] + inst.a_len[true_next]).all()
-    doc_of = lambda pos: np.searchsorted(cache.doc_starts, pos, side="right") - 1  # noqa: E731
+    doc_of = lambda pos: np.searchsorted(cache.doc_starts, pos, side="right") - 1
     rand = inst.nsp_label == 1
     assert (doc_of(inst.b_start[rand]) != doc_of(inst.a_start[rand])).all()
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-from lmforge.config import FinetuneClassifyConfig
-from lmforge.tasks.classify import finetune_classify
+from lmforge.tasks.classify import FinetuneClassifyConfig, finetune_classify
 from lmforge.training import checkpoint as ckpt
 
 

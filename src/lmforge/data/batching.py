@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def pad_batch(sequences: list[list[int]] | list[np.ndarray], pad_id: int, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad to the longest sequence (rounded up to ``multiple``): ``input_ids`` and ``attention_mask`` [B, T]."""
+    import torch
+
     lengths = [len(s) for s in sequences]
     width = max(lengths)
     width = ((width + multiple - 1) // multiple) * multiple

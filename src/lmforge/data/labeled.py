@@ -68,10 +68,11 @@ def load_text_label(
         texts.append(text)
         labels.append(label)
         wheres.append(record.where)
+    naming = (f"--text-field / --label-field (now '{text_field}' and '{label_field}')" if label_field is not None
+              else f"--text-field (now '{text_field}')")
     problems.raise_if_any(
         f"cannot use {spec}",
-        fix=f"fix the rows above, or name the right columns with --text-field / --label-field "
-        f"(now '{text_field}' and '{label_field}')",
+        fix=f"fix the rows above, or name the right columns with {naming}",
     )
     return TextLabelData(spec, texts, labels, wheres, [str(f) for f in source.files])
 

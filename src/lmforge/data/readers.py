@@ -185,7 +185,7 @@ def _read_parquet(path: Path, problems: Problems) -> Iterator[Record]:
 
     try:
         table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises several types for corrupt files
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types (ArrowInvalid, OSError, ...) for corrupt files
         problems.add(f"{path}: not a readable parquet file ({exc})")
         return
     for index, row in enumerate(table.to_pylist(), start=1):
@@ -225,6 +225,14 @@ def read_records(source: DataSource, problems: Problems | None = None) -> list[R
     if not records and not problems:
         raise DataError(f"no records in {source.spec}", fix="check the file and the split name")
     return records
+
+
+def corpus_files(specs: list[str]) -> list[Path]:
+    """The files behind corpus specs (paths or bundled names), in order."""
+    files: list[Path] = []
+    for spec in specs:
+        files.extend(resolve(spec).files)
+    return files
 
 
 def iter_documents(files: list[Path]) -> Iterator[list[str]]:

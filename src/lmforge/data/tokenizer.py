@@ -11,9 +11,10 @@ import logging
 from pathlib import Path
 
 from lmforge.config import TokenizerTrainConfig
-from lmforge.data.readers import iter_corpus_lines, resolve
+from lmforge.data.progress import text_bytes, track
+from lmforge.data.readers import corpus_files, iter_corpus_lines
 from lmforge.errors import DataError
-from lmforge.rundir import prepare_output_dir
+from lmforge.rundir import check_output_dir, prepare_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -22,13 +23,6 @@ GPT_EOS = "<|endoftext|>"
 GPT_PAD = "<|pad|>"
 CHAT_MARKERS = ["<|im_start|>", "<|im_end|>"]
 GPT_SPECIALS = [GPT_EOS, GPT_PAD, *CHAT_MARKERS]
-
-
-def corpus_files(specs: list[str]) -> list[Path]:
-    files: list[Path] = []
-    for spec in specs:
-        files.extend(resolve(spec).files)
-    return files
 
 
 def _build_wordpiece(lowercase: bool):
@@ -64,13 +58,16 @@ def _build_bpe(lowercase: bool):
     return tok
 
 
-def train_tokenizer(config: TokenizerTrainConfig) -> Path:
-    """Train a tokenizer on the corpus and write a folder ``AutoTokenizer.from_pretrained`` loads."""
+def train_tokenizer(config: TokenizerTrainConfig, *, show_progress: bool = True) -> Path:
+    """Train a tokenizer on the corpus and write a folder ``AutoTokenizer.from_pretrained`` loads. An existing
+    ``out`` is refused before any work, and nothing is written unless training succeeds."""
+    import sys
+
     from tokenizers import pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    check_output_dir(config.out, overwrite=config.overwrite, kind="tokenizer")
     files = corpus_files(config.corpus)
-    out = prepare_output_dir(config.out, overwrite=config.overwrite, kind="tokenizer")
     lowercase = config.lowercase if config.lowercase is not None else config.kind == "wordpiece"
     if config.kind == "wordpiece":
         tok = _build_wordpiece(lowercase)
@@ -79,7 +76,7 @@ def train_tokenizer(config: TokenizerTrainConfig) -> Path:
             min_frequency=config.min_frequency,
             special_tokens=BERT_SPECIALS,
             continuing_subword_prefix="##",
-            show_progress=False,
+            show_progress=show_progress and sys.stderr.isatty(),
         )
     else:
         tok = _build_bpe(lowercase)
@@ -88,9 +85,10 @@ def train_tokenizer(config: TokenizerTrainConfig) -> Path:
             min_frequency=config.min_frequency,
             special_tokens=GPT_SPECIALS,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
+            show_progress=show_progress and sys.stderr.isatty(),
         )
-    lines = iter_corpus_lines(files)
+    lines = track(iter_corpus_lines(files), text_bytes(files), f"reading the corpus for the {config.kind} tokenizer",
+                  enabled=show_progress)
     tok.train_from_iterator(lines, trainer=trainer)
     if tok.get_vocab_size() <= len(trainer.special_tokens):
         raise DataError(f"the corpus {', '.join(config.corpus)} has no text to learn a vocabulary from")
@@ -117,6 +115,7 @@ def train_tokenizer(config: TokenizerTrainConfig) -> Path:
             additional_special_tokens=CHAT_MARKERS,
             model_max_length=config.max_length,
         )
+    out = prepare_output_dir(config.out, overwrite=config.overwrite, kind="tokenizer")
     fast.save_pretrained(out)
     log.info("tokenizer with %d tokens written to %s", tok.get_vocab_size(), out)
     return out

@@ -76,7 +76,7 @@ def run_doctests(module: str | None, name: str, code: str, docstring: str, *, ti
     with tempfile.TemporaryDirectory(prefix="lmforge-sandbox-") as folder:
         try:
             proc = subprocess.run([sys.executable, "-I", "-c", CHILD], input=json.dumps(request), capture_output=True,
-                                  text=True, timeout=timeout, cwd=folder, env={"PATH": "/usr/bin:/bin", "HOME": folder})
+                                  check=False, text=True, timeout=timeout, cwd=folder, env={"PATH": "/usr/bin:/bin", "HOME": folder})
         except subprocess.TimeoutExpired:
             return DoctestResult(False, error=f"timed out after {timeout:.0f}s")
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]

@@ -1,8 +1,7 @@
-"""Inference pipelines: ``lmforge.load(RUN)`` returns the pipeline for the run's task."""
+"""Inference pipelines and generation engines; ``lmforge.load(RUN)`` returns the pipeline for a run's task."""
 
 from __future__ import annotations
 
+from lmforge.inference.pipelines import PIPELINES, Pipeline
 
-from lmforge.inference.pipelines import Pipeline, load
-
-__all__ = ["Pipeline", "load"]
+__all__ = ["PIPELINES", "Pipeline"]

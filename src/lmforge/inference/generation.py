@@ -192,9 +192,15 @@ def shape_logits(logits: torch.Tensor, params: SamplingParams, seen: torch.Tenso
 
 
 def choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
+    """The next token of each row: argmax, or a draw from the softmax. Extreme settings (a penalty near 0, a huge
+    logit over a tiny temperature) can leave a row with +inf or NaN logits, or none finite, whose softmax is NaN and
+    makes ``multinomial`` raise: such a row falls back to its most likely token, with no host sync."""
+    best = logits.nan_to_num(nan=float("-inf")).argmax(-1)  # [B]; argmax would take a NaN for the maximum
     if params.greedy:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits, dim=-1)
+        return best
+    probs = torch.softmax(logits, dim=-1)  # [B, V]
+    broken = ~torch.isfinite(probs).all(-1, keepdim=True)  # [B, 1]
+    probs = torch.where(broken, F.one_hot(best, probs.shape[-1]).to(probs.dtype), probs)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 

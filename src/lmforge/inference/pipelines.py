@@ -1,4 +1,8 @@
-"""Task pipelines over a run dir (or any HF folder): the same code answers the CLI, the Python API and the server."""
+"""Inference pipelines over a model folder: the same code answers the CLI, the Python API and the server.
+
+A pipeline is chosen by its kind (``PIPELINES``), which each task declares in the task registry; ``lmforge.load``
+(:func:`lmforge.stages.load`) resolves a run dir or HF folder to its task and builds the pipeline.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,7 @@ import numpy as np
 import torch
 
 from lmforge.data.batching import pad_batch, sorted_batches
-from lmforge.errors import LmforgeError, ModelLoadError
-from lmforge.rundir import RUN_FILE, RunDir
+from lmforge.errors import LmforgeError
 
 log = logging.getLogger("lmforge")
 
@@ -36,20 +39,25 @@ def default_device() -> torch.device:
 
 
 class Pipeline:
-    task: str = ""
+    kind: str = ""  # the PIPELINES key
+    batchable: bool = False  # concurrent requests may share one forward pass (the server micro-batches them)
+    predict_hint: str | None = None  # when `lmforge predict` does not apply: what to use instead
 
-    def __init__(self, model_dir: Path, *, name: str | None = None, info: dict | None = None, device: str | None = None):
+    def __init__(self, model_dir: Path, *, name: str | None = None, info: dict | None = None, device: str | None = None,
+                 task: str | None = None):
         self.model_dir = Path(model_dir)
         self.name = name or self.model_dir.name
         self.info = info or {}
+        self.task = task or self.info.get("task") or self.kind
         self.device = torch.device(device) if device else default_device()
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "task": self.task}
+        return {"name": self.name, "task": self.task, "kind": self.kind}
 
 
 class ClassificationPipeline(Pipeline):
-    task = "classify"
+    kind = "text-classification"
+    batchable = True
 
     def __init__(self, model_dir: Path, **kwargs: Any) -> None:
         super().__init__(model_dir, **kwargs)
@@ -116,7 +124,8 @@ class ClassificationPipeline(Pipeline):
 class GenerationPipeline(Pipeline):
     """Causal LMs (pretrained, chat and code runs, or any HF causal LM): completion, chat, streaming."""
 
-    task = "generate"
+    kind = "text-generation"
+    predict_hint = "it is a causal LM: use `lmforge generate RUN \"prompt\"` or `lmforge chat RUN`"
 
     def __init__(self, model_dir: Path, **kwargs: Any) -> None:
         super().__init__(model_dir, **kwargs)
@@ -125,7 +134,6 @@ class GenerationPipeline(Pipeline):
         from lmforge.inference.generation import TextGenerator
         from lmforge.models import from_pretrained, load_tokenizer
 
-        self.task = self.info.get("task") or "generate"
         self.tokenizer = load_tokenizer(self.model_dir)
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.model = from_pretrained(AutoModelForCausalLM, self.model_dir, attn_implementation="sdpa", dtype=dtype)
@@ -165,46 +173,64 @@ class GenerationPipeline(Pipeline):
         return self.complete([texts] if isinstance(texts, str) else list(texts), **sampling)
 
 
+class FillMaskPipeline(Pipeline):
+    """Masked language models (MLM pretraining runs, BERT folders): the most likely tokens for each mask in a text,
+    which shows what masked-language pretraining learned."""
+
+    kind = "fill-mask"
+
+    def __init__(self, model_dir: Path, **kwargs: Any) -> None:
+        super().__init__(model_dir, **kwargs)
+        from transformers import AutoModelForMaskedLM
+
+        from lmforge.models import from_pretrained, load_tokenizer
+
+        self.tokenizer = load_tokenizer(self.model_dir)
+        if self.tokenizer.mask_token is None:
+            raise LmforgeError(f"the tokenizer of '{self.name}' has no mask token", fix="use a BERT-style run")
+        self.model = from_pretrained(AutoModelForMaskedLM, self.model_dir, attn_implementation="sdpa")
+        self.model.to(self.device).eval()
+        self.max_length = min(int(self.tokenizer.model_max_length or 512), self.model.config.max_position_embeddings)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "max_length": self.max_length, "mask_token": self.tokenizer.mask_token}
+
+    @torch.inference_mode()
+    def predict(self, texts: str | list[str], *, top_k: int = 5, batch_size: int = 32, truncate: bool = False) -> list[dict]:
+        """Per text: each mask's ``top_k`` candidates ``{"token", "score"}`` and the text with the best ones filled."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        mask = self.tokenizer.mask_token
+        missing = [i for i, t in enumerate(texts) if mask not in t]
+        if missing:
+            raise LmforgeError(f"input {missing[0]} has no {mask} token to fill in",
+                               fix=f'put {mask} where a word is missing, e.g. "Paris is the {mask} of France."')
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        results: list[dict] = [{} for _ in texts]
+        for index in sorted_batches([len(x) for x in encoded], batch_size):
+            ids, attention = pad_batch([encoded[i] for i in index], self.tokenizer.pad_token_id or 0)
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=attention.to(self.device)).logits
+            for row, i in enumerate(index):
+                positions = (ids[row] == self.tokenizer.mask_token_id).nonzero().flatten().tolist()
+                probs = torch.softmax(logits[row, positions].float(), dim=-1)  # [masks, V]
+                top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+                masks = [[{"token": self.tokenizer.decode([t]).strip(), "score": float(p)}
+                          for p, t in zip(scores.tolist(), tokens.tolist())]
+                         for scores, tokens in zip(top.values, top.indices)]
+                filled = encoded[i].copy()
+                for position, candidates in zip(positions, top.indices):
+                    filled[position] = int(candidates[0])
+                results[i] = {"masks": masks, "filled": self.tokenizer.decode(filled, skip_special_tokens=True)}
+        return results
+
+
 PIPELINES: dict[str, type[Pipeline]] = {
-    "classify": ClassificationPipeline,
-    "clm": GenerationPipeline,
-    "chat": GenerationPipeline,
-    "code": GenerationPipeline,
-    "generate": GenerationPipeline,
+    cls.kind: cls for cls in (ClassificationPipeline, GenerationPipeline, FillMaskPipeline)
 }
-GENERATIVE_TASKS = ("clm", "chat", "code", "generate")
 
 
-def _task_from_architecture(model_dir: Path) -> str:
+def architectures(model_dir: Path) -> list[str]:
+    """The ``architectures`` a Hugging Face folder's config.json declares."""
     import json
 
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    archs = " ".join(config.get("architectures") or [])
-    if "SequenceClassification" in archs:
-        return "classify"
-    if "CausalLM" in archs or "LMHeadModel" in archs:
-        return "generate"
-    return "unknown"
-
-
-def load(run: str | Path, *, name: str | None = None, device: str | None = None) -> Pipeline:
-    """Load a run dir (or an HF model folder) as the pipeline for its task."""
-    root = Path(run)
-    if (root / RUN_FILE).exists():
-        rd = RunDir.open(root)
-        info = rd.info()
-        task, model_dir = info.get("task", "unknown"), rd.model_dir
-    else:
-        from lmforge.models import resolve_model_path
-
-        model_dir = Path(resolve_model_path(run))
-        if not model_dir.is_dir():
-            raise ModelLoadError(f"'{run}' is not a local run dir or model folder", fix="give a run dir")
-        info, task = {}, _task_from_architecture(model_dir)
-    cls = PIPELINES.get(task)
-    if cls is None:
-        raise ModelLoadError(
-            f"'{run}' is a {task} model, which has no inference pipeline yet",
-            fix=f"pipelines exist for: {', '.join(PIPELINES)}",
-        )
-    return cls(model_dir, name=name or root.name, info=info, device=device)
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    return list(config.get("architectures") or [])

@@ -1,29 +1,43 @@
 """``create_app(models, settings)``: the FastAPI application behind ``lmforge serve``.
 
-Models load in a background thread at start-up (``/health/ready`` answers 503 until they are in); task routes and
-the OpenAI-compatible routes are separate routers, so a new task adds a router without reshaping the app.
+Models load in a background thread at start-up (``/health/ready`` answers 503 until they are in). Each route family
+is a router in ``serve/routes/``; the app mounts the ones the registered tasks name (``Task.routes``), so a new task
+with a new route adds one route file and nothing here.
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmforge.errors import LmforgeError
-from lmforge.serve.errors import is_openai_path, openai_error
-from lmforge.serve.limits import BodySizeLimit, InFlightLimit, RequestMetrics
+from lmforge.serve.errors import (
+    InternalErrors,
+    internal_error_body,
+    is_openai_path,
+    openai_error,
+    report_internal_error,
+)
+from lmforge.serve.limits import ApiKeyGate, BodySizeLimit, InFlightLimit, InFlightRequests, RequestMetrics
 from lmforge.serve.metrics import ServerMetrics
 from lmforge.serve.registry import ModelRegistry, parse_model_specs
 from lmforge.serve.settings import ServeSettings
 
 WEB = Path(__file__).parent / "web"
+DOCS_ASSETS = Path(__file__).parent / "docs_assets"  # Swagger UI and ReDoc, vendored: the docs work offline
+# the docs pages load nothing from elsewhere (ReDoc would fetch its logo from a CDN): the browser enforces it
+DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'")
 
 
 def _error(request: Request, status: int, detail: str, headers: dict | None = None, extra: dict | None = None,
@@ -67,14 +81,19 @@ def create_app(models: list[str] | list[tuple[str, Path]], settings: ServeSettin
         summary="Task endpoints and an OpenAI-compatible API for lmforge runs",
         version=__import__("lmforge").__version__,
         lifespan=lifespan,
+        docs_url=None,  # served below from the package's own assets, not from a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.registry = registry
     app.state.metrics = metrics
     app.state.draining = False
+    app.state.in_flight = InFlightRequests()  # what a draining server waits for (serve.run)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
+    # Starlette's HTTPException, the base of FastAPI's: the router's own 404/405 and FastAPI's 400 for a body it cannot
+    # read come in the same shapes as the routes' errors (OpenAI's on the OpenAI-compatible paths)
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
         return _error(request, exc.status_code, str(exc.detail), getattr(exc, "headers", None),
                       param=getattr(exc, "param", None))
 
@@ -89,30 +108,61 @@ def create_app(models: list[str] | list[tuple[str, Path]], settings: ServeSettin
     async def lmforge_error(request: Request, exc: LmforgeError):
         return _error(request, 422, exc.render())
 
-    from lmforge.serve.routes import classify, health, models
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        # reached only by an error outside the routes (in a middleware), after which Starlette closes the connection
+        request_id = report_internal_error(request.method, request.url.path, exc)
+        return JSONResponse(internal_error_body(request.url.path, request_id), status_code=500,
+                            headers={"X-Request-ID": request_id})
+
+    app.add_middleware(InternalErrors)  # added first, so it runs last, right outside the routes: see serve.errors
+
+    from lmforge.serve.routes import health, models
+    from lmforge.tasks import registry as tasks
 
     app.include_router(health.router)
     app.include_router(models.router)
-    app.include_router(classify.router)
-    try:
-        from lmforge.serve.routes import openai as openai_routes
-
-        app.include_router(openai_routes.router)
-    except ImportError:
-        pass
+    for route in tasks.routes():  # every route some registered task answers: serve/routes/<route>.py
+        app.include_router(importlib.import_module(f"lmforge.serve.routes.{route}").router)
 
     app.mount("/static", StaticFiles(directory=WEB), name="static")
+    app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        page = get_swagger_ui_html(
+            openapi_url=root + app.openapi_url, title=f"{app.title} API", swagger_ui_parameters={"validatorUrl": None},
+            swagger_js_url=f"{root}/docs-assets/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/docs-assets/swagger-ui/swagger-ui.css",
+            swagger_favicon_url=f"{root}/docs-assets/swagger-ui/favicon-32x32.png")
+        page.headers["Content-Security-Policy"] = DOCS_CSP
+        return page
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        page = get_redoc_html(openapi_url=root + app.openapi_url, title=f"{app.title} API",
+                              redoc_js_url=f"{root}/docs-assets/redoc/redoc.standalone.js",
+                              redoc_favicon_url=f"{root}/docs-assets/swagger-ui/favicon-32x32.png",
+                              with_google_fonts=False)
+        page.headers["Content-Security-Policy"] = DOCS_CSP
+        return page
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(WEB / "index.html", headers={"Cache-Control": "no-cache"})
 
+    # the last added runs first: metrics see every answer; CORS answers preflights and adds its headers to the
+    # 401/413/429/503 below; the key is checked before the body is read; admission last, right before the routes
+    app.add_middleware(InFlightLimit, max_in_flight=settings.max_in_flight, metrics=metrics,
+                       requests=app.state.in_flight)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ApiKeyGate, api_key=settings.api_key, metrics_public=settings.metrics_public)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
-    app.add_middleware(InFlightLimit, max_in_flight=settings.max_in_flight, metrics=metrics)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

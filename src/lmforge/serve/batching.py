@@ -6,10 +6,13 @@ Inference runs on one worker thread per model, off the event loop; each caller g
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger("lmforge")
 
 
 @dataclass
@@ -72,7 +75,7 @@ class MicroBatcher:
                 self.on_batch(len(flat))
             try:
                 results = await loop.run_in_executor(self.executor, self.run, flat)
-            except Exception as exc:  # the forward pass failed: every caller in the batch hears about it
+            except Exception as exc:  # noqa: BLE001 - whatever the forward pass raised, every caller hears it
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(exc)
@@ -88,6 +91,8 @@ class MicroBatcher:
         if self._task is not None:
             self._task.cancel()
             try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
+                await self._task  # the worker ends by cancellation; its batches' errors went to their callers
+            except asyncio.CancelledError:
                 pass
+            except Exception:
+                log.exception("the micro-batching worker had stopped with an error")

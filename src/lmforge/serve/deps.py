@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request
 
+from lmforge.serve.limits import API_KEY_DETAIL, bearer_key_matches
 from lmforge.serve.registry import ModelRegistry, ServedModel
 from lmforge.serve.settings import ServeSettings
 
@@ -23,17 +23,12 @@ def require_api_key(
     settings: Annotated[ServeSettings, Depends(get_settings)],
     authorization: Annotated[str | None, Header(description="Bearer API key, when the server has one")] = None,
 ) -> None:
+    # serve.limits.ApiKeyGate checks the key first, before the body is read; this dependency documents the header
+    # in the OpenAPI schema and keeps a router mounted elsewhere guarded too
     if settings.api_key is None:
         return
-    scheme, _, token = (authorization or "").partition(" ")
-    supplied = token.strip() if scheme.lower() == "bearer" else ""
-    # constant-time: the comparison takes as long for a near miss as for a wild guess
-    if not hmac.compare_digest(supplied.encode(), settings.api_key.encode()):
-        raise HTTPException(
-            401,
-            "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    if not bearer_key_matches(authorization, settings.api_key):  # constant-time
+        raise HTTPException(401, API_KEY_DETAIL, headers={"WWW-Authenticate": "Bearer"})
 
 
 def require_ready(registry: Annotated[ModelRegistry, Depends(get_registry)]) -> None:
@@ -44,15 +39,17 @@ def require_ready(registry: Annotated[ModelRegistry, Depends(get_registry)]) -> 
         raise HTTPException(503, "models are still loading; retry shortly", headers={"Retry-After": "2"})
 
 
-def find_model(registry: ModelRegistry, name: str | None, task: str | tuple[str, ...]) -> ServedModel:
-    tasks = (task,) if isinstance(task, str) else task
-    wanted = name or next((n for n, m in registry.models.items() if m.task in tasks), registry.default)
+def find_model(registry: ModelRegistry, name: str | None, route: str) -> ServedModel:
+    """The model a request names (or the first one this route answers), if this route answers it."""
+    wanted = name or next((n for n, m in registry.models.items() if route in m.routes), registry.default)
     served = registry.models.get(wanted) if wanted else None
     if served is None:
         raise HTTPException(404, f"model '{name}' not found; loaded: {', '.join(registry.models) or 'none'}")
-    if served.task not in tasks:
+    if route not in served.routes:
+        answering = [n for n, m in registry.models.items() if route in m.routes]
         raise HTTPException(
-            422, f"model '{served.name}' is a {served.task} model; this route needs a {' or '.join(tasks)} model"
+            422, f"model '{served.name}' is a {served.task} model, which this route does not serve"
+            + (f"; models it serves: {', '.join(answering)}" if answering else "")
         )
     return served
 

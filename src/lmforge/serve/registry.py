@@ -24,6 +24,8 @@ class ServedModel:
     batcher: MicroBatcher | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     error: str | None = None
+    routes: tuple[str, ...] = ()  # the server routes that answer this model (from its task in the task registry)
+    card_metrics: tuple[str, ...] = ()  # eval.json keys its model card shows (ditto)
 
     @property
     def task(self) -> str:
@@ -58,24 +60,25 @@ class ModelRegistry:
         return next(iter(self.models), None)
 
     def load_all(self) -> None:
-        from lmforge.inference.pipelines import load
+        from lmforge.stages import load
+        from lmforge.tasks import registry
 
         try:
             for served in self.models.values():
                 started = time.monotonic()
                 served.pipeline = load(served.path, name=served.name)
-                if served.pipeline.task != "classify":
-                    log.info("loaded %s (%s) in %.1fs", served.name, served.pipeline.task, time.monotonic() - started)
-                    continue
-                served.batcher = MicroBatcher(
-                    self._runner(served), served.executor,
-                    max_inputs=self.settings.batch_max_inputs, max_wait_ms=self.settings.batch_wait_ms,
-                    enabled=self.settings.micro_batch,
-                    on_batch=lambda n, name=served.name: self.metrics.batch_size.labels(name).observe(n),
-                )
+                task = registry.get(served.pipeline.task)
+                served.routes, served.card_metrics = task.routes, task.metrics
+                if served.pipeline.batchable:
+                    served.batcher = MicroBatcher(
+                        self._runner(served), served.executor,
+                        max_inputs=self.settings.batch_max_inputs, max_wait_ms=self.settings.batch_wait_ms,
+                        enabled=self.settings.micro_batch,
+                        on_batch=lambda n, name=served.name: self.metrics.batch_size.labels(name).observe(n),
+                    )
                 log.info("loaded %s (%s) in %.1fs", served.name, served.pipeline.task, time.monotonic() - started)
             self.loaded.set()
-        except Exception as exc:  # readiness stays 503 and says why
+        except Exception as exc:  # noqa: BLE001 - any load failure: readiness stays 503 and says why
             self.failed = str(exc)
             log.error("could not load models: %s", exc)
 

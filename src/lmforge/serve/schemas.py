@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # no unknown fields, no coercion: "truncate": 0 is a 422 like any other wrong type
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ErrorResponse(BaseModel):
@@ -38,6 +39,8 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "lmforge"
     task: str
+    routes: list[str] = Field(default_factory=list, description="the API routes that answer this model")
+    chat: bool | None = Field(None, description="generative models: whether it has a chat template")
     labels: list[str] | None = None
     max_length: int | None = None
     metrics: dict[str, Any] | None = Field(None, description="the run's last evaluation (eval.json)")
@@ -55,11 +58,21 @@ class ModelDetail(ModelCard):
     config: dict[str, Any] | None = None
 
 
-ERRORS = {
-    401: {"model": ErrorResponse, "description": "missing or wrong API key"},
-    404: {"model": ErrorResponse, "description": "unknown model"},
-    413: {"model": ErrorResponse, "description": "request body too large"},
-    422: {"model": ErrorResponse, "description": "invalid request: fields, batch size or input length"},
-    429: {"model": ErrorResponse, "description": "too many requests in flight; retry after the Retry-After seconds"},
-    503: {"model": ErrorResponse, "description": "models still loading, or the server is shutting down"},
+# what every route's errors mean; each route family answers them in its own body shape
+ERROR_MEANINGS = {
+    401: "missing or wrong API key",
+    404: "unknown model",
+    413: "request body too large",
+    429: "too many requests in flight; retry after the Retry-After seconds",
+    503: "models still loading, or the server is shutting down",
 }
+
+
+def error_responses(body: type[BaseModel], meanings: dict[int, str]) -> dict[int, dict]:
+    """OpenAPI ``responses`` for the shared errors plus ``meanings``, each documented with the ``body`` model."""
+    merged = {**ERROR_MEANINGS, **meanings}
+    return {status: {"model": body, "description": merged[status]} for status in sorted(merged)}
+
+
+ERRORS = error_responses(ErrorResponse, {400: "the body could not be read (not UTF-8)",
+                                         422: "invalid request: fields, batch size or input length"})

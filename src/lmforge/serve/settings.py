@@ -11,8 +11,13 @@ class ServeSettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="address to bind; 127.0.0.1 keeps the server local")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on (0: any free port)")
-    api_key: str | None = Field(None, description="require 'Authorization: Bearer KEY' on /v1 routes")
-    cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS (off when empty)")
+    api_key: str | None = Field(
+        None, description="require 'Authorization: Bearer KEY' on /v1 routes and /metrics (health routes stay open); "
+                          "checked before the request body is read")
+    metrics_public: bool = Field(False, description="with an API key: serve /metrics without it (for a scraper "
+                                                    "that cannot send one)")
+    cors_origins: list[str] = Field(default_factory=list, description="allow this origin by CORS (repeatable; off "
+                                    "when none)", json_schema_extra={"flag": "--cors-origin"})
     max_body_bytes: int = Field(1_000_000, ge=1024, description="largest request body (413 above)")
     max_batch_inputs: int = Field(64, ge=1, description="most inputs in one request (422 above)")
     max_input_chars: int = Field(20_000, ge=1, description="longest input text in characters (422 above)")
@@ -20,6 +25,10 @@ class ServeSettings(BaseSettings):
     micro_batch: bool = Field(True, description="gather concurrent requests into one forward pass")
     batch_max_inputs: int = Field(32, ge=1, description="most inputs gathered into one forward pass")
     batch_wait_ms: float = Field(5.0, ge=0, description="how long to wait for more requests to gather")
-    shutdown_delay_s: float = Field(0.0, ge=0, description="after SIGTERM: report not-ready this long before closing")
+    shutdown_delay_s: float = Field(0.0, ge=0, description="after SIGTERM: report not-ready (and turn new requests "
+                                                         "away with 503) at least this long before stopping")
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="after SIGTERM and the shutdown delay: how long requests already in flight may take "
+                                "to finish; those still running then are dropped and the process exits with status 3")
     max_new_tokens: int = Field(512, ge=1, description="cap on tokens generated per request")
     max_prompt_tokens: int | None = Field(None, ge=1, description="cap on prompt tokens (default: the model's context)")

@@ -12,18 +12,27 @@ import logging
 from functools import lru_cache
 
 import numpy as np
-import torch
+from pydantic import Field
 
-from lmforge.config import FinetuneChatConfig
+from lmforge.config import FinetuneConfig, GenerativeTrainConfig
 from lmforge.data.batching import length_grouped_batches
 from lmforge.data.conversations import Conversations, load_conversations
 from lmforge.errors import DataError
-from lmforge.rundir import RunDir, file_fingerprint
-from lmforge.tasks.common import hf_saver, run_stage
-from lmforge.tasks.lm_loss import CausalLMObjective
-from lmforge.training.loop import TaskSpec, seed_everything
+from lmforge.rundir import RunDir
+from lmforge.tasks.common import data_info, hf_saver, load_run_model, run_config, training_stage
+from lmforge.tasks.lm import lm_objective, score_lm
+from lmforge.tasks.registry import EvalOptions, Task, register
 
 log = logging.getLogger("lmforge")
+
+
+class FinetuneChatConfig(FinetuneConfig):
+    model: str = Field(description="a causal LM: run dir (e.g. from pretrain --objective clm), HF folder or hub id")
+    data: str = Field("dialogue", description="conversations: {\"messages\": [{role, content}, ...]} per row")
+    eval: str | None = Field(None, description="dev conversations (default: a held-out share of the training data)")
+    dev_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of conversations held out when no dev data")
+    max_length: int = Field(512, ge=16, description="truncate conversations to this many tokens")
+    train: GenerativeTrainConfig = Field(default_factory=GenerativeTrainConfig, description="training loop")
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 CHAT_TEMPLATE = (
@@ -66,18 +75,20 @@ class ChatBatches:
         self.encoded, self.batch_size, self.seed, self.pad_id = encoded, batch_size, seed, pad_id
         self.lengths = np.asarray([len(ids) for ids, _ in encoded])
 
-    @lru_cache(maxsize=2)
+    @lru_cache(maxsize=2)  # noqa: B019 - two epochs' orders, alive as long as the batch source itself
     def _order(self, epoch: int) -> list[np.ndarray]:
         return length_grouped_batches(self.lengths, self.batch_size, np.random.default_rng([self.seed, epoch, 3]))
 
     def num_batches(self, epoch: int) -> int:
         return -(-len(self.encoded) // self.batch_size)
 
-    def batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
+    def batch(self, epoch: int, index: int) -> dict:
         return collate([self.encoded[i] for i in self._order(epoch)[index]], self.pad_id)
 
 
-def collate(items: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(items: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
+    import torch
+
     width = max(len(ids) for ids, _ in items)
     input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     labels = torch.full((len(items), width), -100, dtype=torch.long)
@@ -91,35 +102,36 @@ def collate(items: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
 
 def split_conversations(data: Conversations, fraction: float, seed: int) -> tuple[Conversations, Conversations]:
     order = np.random.default_rng(seed).permutation(len(data))
-    cut = max(1, int(round(fraction * len(data))))
-    pick = lambda idx: ([data.items[i] for i in sorted(idx)], [data.wheres[i] for i in sorted(idx)])  # noqa: E731
+    cut = max(1, round(fraction * len(data)))
+    pick = lambda idx: ([data.items[i] for i in sorted(idx)], [data.wheres[i] for i in sorted(idx)])
     dev_items, dev_wheres = pick(order[:cut])
     train_items, train_wheres = pick(order[cut:])
     return (Conversations(data.spec, train_items, train_wheres, data.files),
             Conversations(f"{data.spec} (held-out {fraction:.0%})", dev_items, dev_wheres, data.files))
 
 
-@torch.no_grad()
-def score_batches(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
-    from lmforge.tasks.pretrain_clm import score_lm
+def _split(config: FinetuneChatConfig) -> tuple[Conversations, Conversations]:
+    data = load_conversations(config.data)
+    if config.eval:
+        return data, load_conversations(config.eval)
+    if len(data) < 2:
+        raise DataError(f"{config.data} has {len(data)} conversation(s); need at least 2 to hold one out",
+                        fix="add conversations, or give dev data with --eval")
+    return split_conversations(data, config.dev_fraction, config.train.seed)
 
-    return score_lm(model, batches)
+
+def _batches(encoded: list, batch_size: int, pad_id: int) -> list[dict]:
+    return [collate(encoded[i : i + batch_size], pad_id) for i in range(0, len(encoded), batch_size)]
 
 
-def prepare_chat(config: FinetuneChatConfig) -> tuple[TaskSpec, RunDir]:
+def prepare_chat(config: FinetuneChatConfig):
     from transformers import AutoModelForCausalLM
 
     from lmforge.models import from_pretrained, load_tokenizer, resolve_model_path
+    from lmforge.training.loop import TaskSpec, seed_everything
 
     resolve_model_path(config.model)
-    data = load_conversations(config.data)
-    if config.eval:
-        train_data, dev_data = data, load_conversations(config.eval)
-    else:
-        if len(data) < 2:
-            raise DataError(f"{config.data} has {len(data)} conversation(s); need at least 2 to hold one out",
-                            fix="add conversations, or give dev data with --eval")
-        train_data, dev_data = split_conversations(data, config.dev_fraction, config.train.seed)
+    train_data, dev_data = _split(config)
     tokenizer = load_tokenizer(config.model)
     run = RunDir.create(config.out, overwrite=config.overwrite, resume=config.resume)
     seed_everything(config.train.seed)
@@ -132,48 +144,45 @@ def prepare_chat(config: FinetuneChatConfig) -> tuple[TaskSpec, RunDir]:
     train_enc = [encode_conversation(tokenizer, c, config.max_length) for c in train_data.items]
     dev_enc = [encode_conversation(tokenizer, c, config.max_length) for c in dev_data.items]
     pad_id = tokenizer.pad_token_id
-    dev_batches = [collate(dev_enc[i : i + config.train.batch_size], pad_id)
-                   for i in range(0, len(dev_enc), config.train.batch_size)]
+    dev_batches = _batches(dev_enc, config.train.batch_size, pad_id)
     run.write_info(
         stage="finetune", task="chat", config=config,
-        extra={"data": {"train": {"spec": train_data.spec, "conversations": len(train_data),
-                                  "files": [file_fingerprint(f) for f in train_data.files]},
-                        "dev": {"spec": dev_data.spec, "conversations": len(dev_data)}},
+        extra={"data": {"train": data_info(train_data.spec, train_data.files, conversations=len(train_data)),
+                        "dev": data_info(dev_data.spec, dev_data.files, conversations=len(dev_data))},
                "chat_template": "ChatML (<|im_start|>role ... <|im_end|>)"},
     )
-
-    task = TaskSpec(
+    spec = TaskSpec(
         name="finetune chat",
-        model=CausalLMObjective(model),
+        model=lm_objective(model),
         train_data=ChatBatches(train_enc, config.train.batch_size, config.train.seed, pad_id),
         save_model=hf_saver(tokenizer, unwrap=lambda wrapper: wrapper.model),
-        evaluate=lambda wrapper: score_batches(wrapper.model, dev_batches),
+        evaluate=lambda wrapper: score_lm(wrapper.model, dev_batches),
         best_metric="loss",
         greater_is_better=False,
         count_tokens=lambda b: int(b["attention_mask"].sum()),
+        eval_size=len(dev_enc),
     )
-    return task, run
+    return spec, run, {}
 
 
-def finetune_chat(config: FinetuneChatConfig, *, show_progress: bool = True) -> dict:
-    return run_stage(prepare_chat(config), config, show_progress)
+finetune_chat = training_stage(prepare_chat, "Fine-tune a causal LM on conversations; returns the run summary.")
 
 
-def evaluate_chat_run(run: RunDir, info: dict, data: str | None) -> dict:
-    """Loss and perplexity on the assistant turns of ``data`` (default: the run's held-out conversations)."""
+def evaluate_chat(run: RunDir, info: dict, options: EvalOptions) -> dict:
+    """Loss and perplexity on the assistant turns of ``options.data`` (default: the run's held-out conversations)."""
     from transformers import AutoModelForCausalLM
 
-    from lmforge.models import from_pretrained, load_tokenizer
-
-    config = FinetuneChatConfig.model_validate(info["config"])
-    if data:
-        conversations = load_conversations(data)
-    elif config.eval:
-        conversations = load_conversations(config.eval)
-    else:
-        conversations = split_conversations(load_conversations(config.data), config.dev_fraction, config.train.seed)[1]
-    tokenizer = load_tokenizer(run.model_dir)
-    model = from_pretrained(AutoModelForCausalLM, run.model_dir, attn_implementation="sdpa").eval()
+    config = run_config(FinetuneChatConfig, info)
+    conversations = load_conversations(options.data) if options.data else _split(config)[1]
+    tokenizer, model = load_run_model(run, AutoModelForCausalLM)
     encoded = [encode_conversation(tokenizer, c, config.max_length) for c in conversations.items]
-    batches = [collate(encoded[i : i + 16], tokenizer.pad_token_id) for i in range(0, len(encoded), 16)]
-    return {"data": conversations.spec, "n": len(encoded), **score_batches(model, batches)}
+    return {"data": conversations.spec, "n": len(encoded),
+            **score_lm(model, _batches(encoded, 16, tokenizer.pad_token_id))}
+
+
+TASK = register(Task(
+    name="chat", stage="finetune", config=FinetuneChatConfig, train=finetune_chat, evaluate=evaluate_chat,
+    summary="Fine-tune a causal LM into a chatbot on multi-turn conversations (loss on assistant turns only).",
+    pipeline="text-generation", routes=("openai",), flags=("model", "data", "eval", "max_length"),
+    metrics=("perplexity", "token_accuracy", "loss", "n"),
+))

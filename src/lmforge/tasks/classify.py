@@ -1,27 +1,46 @@
 """Sequence classification (sentiment, topic, spam): binary and multi-class, on any encoder.
 
 Encodes once up front, batches with length grouping and dynamic padding, evaluates on dev data during training and
-keeps the best checkpoint by the dev metric in ``RUN/model``.
+keeps the best checkpoint by the dev metric in ``RUN/model``. Evaluation: accuracy, macro-F1, per-class P/R/F1 and a
+confusion matrix (scikit-learn), against the majority-class baseline.
 """
 
 from __future__ import annotations
 
 import logging
 from functools import lru_cache
+from typing import Literal
 
 import numpy as np
-import torch
+from pydantic import Field
 
-from lmforge.config import FinetuneClassifyConfig
-from lmforge.data.batching import length_grouped_batches, pad_batch
+from lmforge.config import FinetuneConfig, TrainConfig
+from lmforge.data.batching import length_grouped_batches
 from lmforge.data.labeled import TextLabelData, check_class_counts, check_labels_known, load_text_label
-from lmforge.data.readers import resolve
-from lmforge.errors import DataError
-from lmforge.rundir import RunDir, file_fingerprint
-from lmforge.tasks.common import hf_saver, run_stage
-from lmforge.training.loop import TaskSpec, seed_everything
+from lmforge.errors import DataError, LmforgeError
+from lmforge.rundir import RunDir
+from lmforge.tasks.common import bundled_dev_split, data_info, hf_saver, training_stage
+from lmforge.tasks.registry import EvalOptions, Task, register
 
 log = logging.getLogger("lmforge")
+
+
+class ClassifyTrainConfig(TrainConfig):
+    epochs: float | None = Field(3, gt=0, description="passes over the training data (fractions allowed)")
+
+
+class FinetuneClassifyConfig(FinetuneConfig):
+    text_field: str = Field("text", description="field holding the text")
+    label_field: str = Field("label", description="field holding the label")
+    max_length: int = Field(128, ge=8, description="truncate inputs to this many tokens")
+    min_examples_per_class: int = Field(2, ge=1, description="refuse classes with fewer training examples")
+    best_metric: Literal["accuracy", "macro_f1", "loss"] = Field(
+        "accuracy", description="dev metric that picks the checkpoint kept in model/"
+    )
+    random_init: bool = Field(
+        False, description="keep the model's architecture and tokenizer but start from random weights (a baseline)"
+    )
+    train: ClassifyTrainConfig = Field(default_factory=ClassifyTrainConfig, description="training loop")
 
 
 class ClassificationBatches:
@@ -34,7 +53,7 @@ class ClassificationBatches:
         self.lengths = np.asarray([len(x) for x in encoded])
         self.batch_size, self.seed, self.pad_id, self.pad_multiple = batch_size, seed, pad_id, pad_multiple
 
-    @lru_cache(maxsize=2)
+    @lru_cache(maxsize=2)  # noqa: B019 - two epochs' orders, alive as long as the batch source itself
     def _order(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
         return length_grouped_batches(self.lengths, self.batch_size, rng)
@@ -42,7 +61,11 @@ class ClassificationBatches:
     def num_batches(self, epoch: int) -> int:
         return -(-len(self.encoded) // self.batch_size)
 
-    def batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
+    def batch(self, epoch: int, index: int) -> dict:
+        import torch
+
+        from lmforge.data.batching import pad_batch
+
         rows = self._order(epoch)[index]
         ids, mask = pad_batch([self.encoded[i] for i in rows], self.pad_id, self.pad_multiple)
         return {"input_ids": ids, "attention_mask": mask, "labels": torch.from_numpy(self.label_ids[rows])}
@@ -59,21 +82,12 @@ def stratified_split(data: TextLabelData, fraction: float, seed: int) -> tuple[T
     )
 
 
-def _dev_spec(config: FinetuneClassifyConfig) -> str | None:
-    if config.eval:
-        return config.eval
-    source = resolve(config.data)
-    if source.bundled is not None and "dev" in source.bundled.splits and source.split != "dev":
-        return f"{source.bundled.name}:dev"
-    return None
-
-
 def prepare_data(config: FinetuneClassifyConfig) -> tuple[TextLabelData, TextLabelData, list[str]]:
     """Read and validate training and dev data up front; every problem is reported before any work starts."""
     train_data = load_text_label(config.data, config.text_field, config.label_field)
     check_class_counts(train_data, config.min_examples_per_class)
     labels = sorted(train_data.counts())
-    dev_spec = _dev_spec(config)
+    dev_spec = bundled_dev_split(config.data, config.eval)
     if dev_spec:
         dev_data = load_text_label(dev_spec, config.text_field, config.label_field)
         check_labels_known(dev_data, labels, "dev")
@@ -87,11 +101,12 @@ def prepare_data(config: FinetuneClassifyConfig) -> tuple[TextLabelData, TextLab
     return train_data, dev_data, labels
 
 
-def evaluate_logits(model: torch.nn.Module, encoded: list[list[int]], label_ids: np.ndarray, pad_id: int,
+def evaluate_logits(model, encoded: list[list[int]], label_ids: np.ndarray, pad_id: int,
                     batch_size: int) -> dict[str, float]:
+    import torch
     from sklearn.metrics import accuracy_score, f1_score
 
-    from lmforge.data.batching import sorted_batches
+    from lmforge.data.batching import pad_batch, sorted_batches
 
     device = next(model.parameters()).device
     preds = np.zeros(len(encoded), dtype=np.int64)
@@ -109,11 +124,23 @@ def evaluate_logits(model: torch.nn.Module, encoded: list[list[int]], label_ids:
     }
 
 
-def prepare_classify(config: FinetuneClassifyConfig) -> tuple[TaskSpec, RunDir]:
+def majority_baseline(label_ids: np.ndarray) -> dict[str, float]:
+    """Dev accuracy and macro-F1 of always predicting the most frequent class: what a model must beat."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    majority = np.full_like(label_ids, np.bincount(label_ids).argmax())
+    return {"accuracy": float(accuracy_score(label_ids, majority)),
+            "macro_f1": float(f1_score(label_ids, majority, average="macro", labels=np.unique(label_ids),
+                                       zero_division=0))}
+
+
+def prepare_classify(config: FinetuneClassifyConfig):
     """Validate inputs, write the run dir's config, build the model and batches: everything but the training."""
+    import torch
     from transformers import AutoModelForSequenceClassification
 
     from lmforge.models import from_pretrained, load_tokenizer, resolve_model_path
+    from lmforge.training.loop import TaskSpec, seed_everything
 
     resolve_model_path(config.model)  # a bad model spec fails before the data is read
     train_data, dev_data, labels = prepare_data(config)
@@ -127,16 +154,10 @@ def prepare_classify(config: FinetuneClassifyConfig) -> tuple[TaskSpec, RunDir]:
                 fix="resume with the same data, or start a new run with --overwrite",
             )
     run.write_info(
-        stage="finetune",
-        task="classify",
-        config=config,
-        extra={
-            "labels": labels,
-            "data": {
-                "train": {"spec": train_data.spec, "rows": len(train_data), "files": [file_fingerprint(f) for f in train_data.files]},
-                "dev": {"spec": dev_data.spec, "rows": len(dev_data), "files": [file_fingerprint(f) for f in dev_data.files]},
-            },
-        },
+        stage="finetune", task="classify", config=config,
+        extra={"labels": labels,
+               "data": {"train": data_info(train_data.spec, train_data.files, rows=len(train_data)),
+                        "dev": data_info(dev_data.spec, dev_data.files, rows=len(dev_data))}},
     )
     label2id = {label: i for i, label in enumerate(labels)}
     seed_everything(config.train.seed)
@@ -150,7 +171,7 @@ def prepare_classify(config: FinetuneClassifyConfig) -> tuple[TaskSpec, RunDir]:
     else:
         model = from_pretrained(AutoModelForSequenceClassification, config.model, attn_implementation="sdpa",
                                 ignore_mismatched_sizes=True, **head)
-    encode = lambda texts: tokenizer(texts, truncation=True, max_length=config.max_length)["input_ids"]  # noqa: E731
+    encode = lambda texts: tokenizer(texts, truncation=True, max_length=config.max_length)["input_ids"]
     train_ids, dev_ids = encode(train_data.texts), encode(dev_data.texts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     dev_labels = np.asarray([label2id[x] for x in dev_data.labels])
@@ -158,8 +179,7 @@ def prepare_classify(config: FinetuneClassifyConfig) -> tuple[TaskSpec, RunDir]:
         train_ids, [label2id[x] for x in train_data.labels], config.train.batch_size, config.train.seed, pad_id,
         pad_multiple=8 if torch.cuda.is_available() else 1,
     )
-
-    task = TaskSpec(
+    spec = TaskSpec(
         name="finetune classify",
         model=model,
         train_data=batches,
@@ -168,10 +188,58 @@ def prepare_classify(config: FinetuneClassifyConfig) -> tuple[TaskSpec, RunDir]:
         best_metric=config.best_metric,
         greater_is_better=config.best_metric != "loss",
         count_tokens=lambda b: int(b["attention_mask"].sum()),
+        eval_size=len(dev_ids),
+        baseline=majority_baseline(dev_labels),
     )
-    return task, run
+    return spec, run, {}
 
 
-def finetune_classify(config: FinetuneClassifyConfig, *, show_progress: bool = True) -> dict:
-    """Fine-tune a classifier; returns a summary (run dir, steps, dev metrics of the kept model)."""
-    return run_stage(prepare_classify(config), config, show_progress)
+finetune_classify = training_stage(
+    prepare_classify, "Fine-tune a classifier; returns a summary (run dir, steps, dev metrics of the kept model).")
+
+
+def evaluate_classify(run: RunDir, info: dict, options: EvalOptions) -> dict:
+    """Accuracy, macro-F1, per-class scores and the confusion matrix (PNG beside eval.json) on labeled data."""
+    from lmforge.evaluation.metrics import classification_metrics
+    from lmforge.evaluation.plots import confusion_png
+    from lmforge.inference.pipelines import ClassificationPipeline
+
+    config = info.get("config") or {}
+    if options.data is None:
+        raise LmforgeError("evaluating a classifier needs labeled data", where="--data",
+                           fix="e.g. --data movie-reviews:test, or a .jsonl/.csv file with text and label fields")
+    labeled = load_text_label(options.data, options.text_field or config.get("text_field", "text"),
+                              options.label_field or config.get("label_field", "label"))
+    pipeline = ClassificationPipeline(run.model_dir, info=info)
+    check_labels_known(labeled, pipeline.labels, "evaluation")
+    predictions = [p["label"] for p in pipeline.predict(labeled.texts, batch_size=options.batch_size)]
+    metrics = classification_metrics(labeled.labels, predictions, pipeline.labels)
+    confusion_png(metrics["confusion_matrix"], pipeline.labels, run.root / "confusion.png")
+    return {"data": options.data, **metrics}
+
+
+def report_classify(result: dict) -> list:
+    """The terminal report: headline metrics against the majority baseline, and per-class scores."""
+    from rich.table import Table
+    from rich.text import Text
+
+    base = result["baseline"]
+    headline = Text.assemble(
+        (result["data"], "bold"), f"  n={result['n']}  accuracy ", (f"{result['accuracy']:.4f}", "bold"),
+        "  macro-F1 ", (f"{result['macro_f1']:.4f}", "bold"),
+        f"   (majority '{base['majority_label']}': accuracy {base['accuracy']:.4f}, macro-F1 {base['macro_f1']:.4f})",
+    )
+    table = Table("label", "precision", "recall", "f1", "support")
+    for label, m in result["per_class"].items():
+        table.add_row(label, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
+    return [headline, table]
+
+
+TASK = register(Task(
+    name="classify", stage="finetune", config=FinetuneClassifyConfig, train=finetune_classify,
+    evaluate=evaluate_classify, report=report_classify,
+    summary="Fine-tune a text classifier (sentiment, topic, spam, ...); the best checkpoint on dev data is kept.",
+    pipeline="text-classification", routes=("classify",), architectures=("ForSequenceClassification",),
+    flags=("model", "data", "eval", "text_field", "label_field", "max_length"),
+    metrics=("accuracy", "macro_f1", "n", "per_class", "baseline"),
+))

@@ -1,9 +1,9 @@
 """Code generation: continued causal-LM training on Python functions (signature, docstring, body), packed.
 
 Evaluation (``lmforge evaluate`` on a code run) prompts with each held-out function's signature and docstring and
-generates the body greedily, then reports the share of functions that parse (``ast.parse``), chrF against the
-reference body (sacrebleu), and pass@1 on the functions whose doctests the reference itself passes, each run in a
-sandboxed subprocess (see :mod:`lmforge.evaluation.sandbox`).
+generates the body greedily, then reports the share of functions that parse with a body (``ast.parse``; a docstring
+alone does not count), chrF against the reference body (sacrebleu), and pass@1 on the functions whose doctests the
+reference itself passes, each run in a sandboxed subprocess (see :mod:`lmforge.evaluation.sandbox`).
 """
 
 from __future__ import annotations
@@ -12,17 +12,29 @@ import ast
 import logging
 
 import numpy as np
+from pydantic import Field
 
-from lmforge.config import FinetuneCodeConfig
+from lmforge.config import FinetuneConfig, GenerativeTrainConfig
 from lmforge.data.conversations import CodeRows, load_code
-from lmforge.data.readers import resolve
 from lmforge.errors import DataError
-from lmforge.rundir import RunDir, file_fingerprint
-from lmforge.tasks.common import hf_saver, run_stage
-from lmforge.tasks.lm_loss import CausalLMObjective
-from lmforge.training.loop import TaskSpec, seed_everything
+from lmforge.rundir import RunDir
+from lmforge.tasks.common import bundled_dev_split, data_info, training_stage
+from lmforge.tasks.lm import eos_id, fixed_windows, packed_lm_task, score_lm
+from lmforge.tasks.registry import EvalOptions, Task, register
 
 log = logging.getLogger("lmforge")
+
+
+class FinetuneCodeConfig(FinetuneConfig):
+    model: str = Field(description="a causal LM: run dir (e.g. from pretrain --objective clm), HF folder or hub id")
+    data: str = Field("code", description="Python functions: rows with a 'code' field (docstring -> function)")
+    eval: str | None = Field(
+        None, description="dev rows (default: the bundled dev split, else a held-out share of the training data)"
+    )
+    code_field: str = Field("code", description="field holding the function source")
+    seq_len: int = Field(256, ge=16, description="tokens per packed training sequence")
+    dev_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of rows held out when no dev data")
+    train: GenerativeTrainConfig = Field(default_factory=GenerativeTrainConfig, description="training loop")
 
 # a function ends where a line starts at column 0; these cover what usually follows one
 STOP = ["\ndef ", "\nclass ", "\n@", "\nif __name__", "\n#", "\nimport ", "\nfrom ", "\nasync def "]
@@ -54,6 +66,17 @@ def split_prompt(code: str) -> tuple[str, str] | None:
     return prompt, "".join(lines[first.end_lineno :])
 
 
+def defines_body(prompt: str, body: str) -> bool:
+    """The completed function parses and has at least one statement after its docstring (a completion of blank
+    lines leaves a docstring-only function, which parses but writes no code)."""
+    try:
+        tree = ast.parse(prompt + body)
+    except SyntaxError:
+        return False
+    func = tree.body[0] if tree.body else None
+    return isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)) and len(func.body) >= 2
+
+
 def cut_function(completion: str) -> str:
     """Keep the body: stop at the first non-empty line that starts at column 0."""
     out = []
@@ -64,31 +87,26 @@ def cut_function(completion: str) -> str:
     return "".join(out).rstrip() + "\n"
 
 
-def prepare_code(config: FinetuneCodeConfig) -> tuple[TaskSpec, RunDir]:
+def prepare_code(config: FinetuneCodeConfig):
     from transformers import AutoModelForCausalLM
 
     from lmforge.models import from_pretrained, load_tokenizer, resolve_model_path
-    from lmforge.tasks.pretrain_clm import PackedWindows, fixed_windows, score_lm
+    from lmforge.training.loop import seed_everything
 
     resolve_model_path(config.model)
     data = load_code(config.data, config.code_field)
-    eval_spec = config.eval
-    source = resolve(config.data)
-    if eval_spec is None and source.bundled is not None and "dev" in source.bundled.splits and source.split != "dev":
-        eval_spec = f"{source.bundled.name}:dev"
+    eval_spec = bundled_dev_split(config.data, config.eval)
     if eval_spec:
         train_rows, dev = data.rows, load_code(eval_spec, config.code_field)
-        dev_rows, dev_name = dev.rows, dev.spec
+        dev_rows, dev_name, dev_files = dev.rows, dev.spec, dev.files
     else:
         order = np.random.default_rng(config.train.seed).permutation(len(data.rows))
-        cut = max(1, int(round(config.dev_fraction * len(order))))
+        cut = max(1, round(config.dev_fraction * len(order)))
         dev_rows = [data.rows[i] for i in sorted(order[:cut])]
         train_rows = [data.rows[i] for i in sorted(order[cut:])]
-        dev_name = f"{config.data} (held-out {config.dev_fraction:.0%})"
+        dev_name, dev_files = f"{config.data} (held-out {config.dev_fraction:.0%})", data.files
     tokenizer = load_tokenizer(config.model)
-    if tokenizer.eos_token_id is None:
-        raise DataError(f"the tokenizer of {config.model} has no end-of-text token to separate functions",
-                        fix="use a GPT-style tokenizer (lmforge tokenizer train --kind bpe)")
+    eos_id(tokenizer, "code fine-tuning separates functions with it")
     stream = code_stream(tokenizer, train_rows, config.code_field)
     if len(stream) < (config.seq_len + 1) * config.train.batch_size:
         raise DataError(f"{config.data} holds {len(stream):,} tokens: too few for one batch of "
@@ -100,45 +118,34 @@ def prepare_code(config: FinetuneCodeConfig) -> tuple[TaskSpec, RunDir]:
                                 config.train.batch_size)
     run.write_info(
         stage="finetune", task="code", config=config,
-        extra={"data": {"train": {"spec": config.data, "functions": len(train_rows), "tokens": int(len(stream)),
-                                  "files": [file_fingerprint(f) for f in data.files]},
-                        "dev": {"spec": dev_name, "functions": len(dev_rows)}}},
+        extra={"data": {"train": data_info(config.data, data.files, functions=len(train_rows), tokens=len(stream)),
+                        "dev": data_info(dev_name, dev_files, functions=len(dev_rows))}},
     )
-
-    task = TaskSpec(
-        name="finetune code",
-        model=CausalLMObjective(model),
-        train_data=PackedWindows(stream, config.seq_len, config.train.batch_size, config.train.seed),
-        save_model=hf_saver(tokenizer, unwrap=lambda wrapper: wrapper.model),
-        evaluate=(lambda wrapper: score_lm(wrapper.model, dev_batches)) if dev_batches else None,
-        best_metric="loss" if dev_batches else None,
-        greater_is_better=False,
-        count_tokens=lambda b: b["input_ids"].numel(),
-    )
-    return task, run
+    spec = packed_lm_task("finetune code", model, tokenizer, stream, config.seq_len, config.train.batch_size,
+                          config.train.seed, dev_batches, best_metric="loss" if dev_batches else None,
+                          greater_is_better=False)
+    return spec, run, {}
 
 
-def finetune_code(config: FinetuneCodeConfig, *, show_progress: bool = True) -> dict:
-    return run_stage(prepare_code(config), config, show_progress)
+finetune_code = training_stage(prepare_code, "Fine-tune a causal LM on Python functions; returns the run summary.")
 
 
-def evaluate_code_run(run: RunDir, info: dict, data: str | None, *, limit: int | None = None,
-                      max_new_tokens: int = 128, timeout: float = 5.0) -> dict:
+def evaluate_code(run: RunDir, info: dict, options: EvalOptions, *, max_new_tokens: int = 128,
+                  timeout: float = 5.0) -> dict:
     """Generate each held-out function's body from its signature and docstring; parse rate, chrF, pass@1."""
     import sacrebleu
 
     from lmforge.evaluation.sandbox import run_doctests
     from lmforge.inference.generation import SamplingParams
     from lmforge.inference.pipelines import GenerationPipeline
-    from lmforge.tasks.pretrain_clm import fixed_windows, score_lm
 
     config = info.get("config") or {}
     field = config.get("code_field", "code")
-    spec = data or "code:test"
+    spec = options.data or "code:test"
     rows: CodeRows = load_code(spec, field)
     pipeline = GenerationPipeline(run.model_dir, info=info)
     items = [(r, split_prompt(r[field])) for r in rows.rows]
-    items = [(r, pair) for r, pair in items if pair is not None][: limit or None]
+    items = [(r, pair) for r, pair in items if pair is not None][: options.limit or None]
     if not items:
         raise DataError(f"{spec} has no functions with a docstring to prompt with", fix="check the code field")
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=STOP)
@@ -147,13 +154,7 @@ def evaluate_code_run(run: RunDir, info: dict, data: str | None, *, limit: int |
         chunk = items[start : start + 8]
         outs = pipeline.generator.generate([pair[0] for _, pair in chunk], params)
         completions += [cut_function(o.text) for o in outs]
-    parses = []
-    for (_, (prompt, _)), body in zip(items, completions):
-        try:
-            ast.parse(prompt + body)
-            parses.append(True)
-        except SyntaxError:
-            parses.append(False)
+    parses = [defines_body(prompt, body) for (_, (prompt, _)), body in zip(items, completions)]
     chrf = sacrebleu.corpus_chrf(completions, [[pair[1] for _, pair in items]]).score
     # pass@1: top-level functions with doctests that the reference itself passes in the sandbox
     doctested = [(i, r) for i, (r, _) in enumerate(items) if ">>>" in (r.get("docstring") or "")
@@ -174,3 +175,11 @@ def evaluate_code_run(run: RunDir, info: dict, data: str | None, *, limit: int |
     return {"data": spec, "n": len(items), "parse_rate": sum(parses) / len(parses), "chrf": chrf,
             "pass_at_1": passed / checked if checked else None, "doctest_functions": checked,
             "loss": lm["loss"], "perplexity": lm["perplexity"], "examples": examples}
+
+
+TASK = register(Task(
+    name="code", stage="finetune", config=FinetuneCodeConfig, train=finetune_code, evaluate=evaluate_code,
+    summary="Continue training a causal LM on Python functions (docstring -> function) for code completion.",
+    pipeline="text-generation", routes=("openai",), flags=("model", "data", "eval", "seq_len"),
+    metrics=("pass_at_1", "parse_rate", "chrf", "perplexity", "loss", "n"),
+))

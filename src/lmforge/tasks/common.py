@@ -1,64 +1,104 @@
-"""What every task shares around the loop: saving an HF folder, pretraining set-up, the run summary."""
+"""What every task shares around the loop: running a prepared task, saving an HF folder, loading a run's model for
+evaluation, pretraining set-up, the run summary. Cheap to import (torch is imported inside the functions)."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from lmforge.rundir import RunDir, file_fingerprint
-from lmforge.training.loop import TaskSpec, TrainResult, seed_everything, train
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from lmforge.training.loop import TaskSpec, TrainResult
+
+log = logging.getLogger("lmforge")
+
+# prepare(config) -> (what the loop trains, the run dir, extra summary fields)
+Prepare = Callable[[Any], "tuple[TaskSpec, RunDir, dict]"]
 
 
-def hf_saver(tokenizer, unwrap: Callable[[torch.nn.Module], Any] = lambda m: m) -> Callable[[torch.nn.Module, Path], None]:
+def run_training(prepare: Prepare, config: Any, show_progress: bool = True, started: float | None = None) -> dict:
+    """Prepare a task and train it within the config's budget, which counts from ``started`` (a
+    ``time.monotonic()`` value; the command line passes its own start) or from now, set-up included; draw the loss
+    curve; return the run summary."""
+    from lmforge import dist
+    from lmforge.rundir import check_output_dir
+    from lmforge.training.loop import train
+
+    started = time.monotonic() if started is None else started
+    check_output_dir(config.out, overwrite=config.overwrite, resume=config.resume)  # refuse before any work
+    spec, run, extra = prepare(config)
+    result = train(spec, config.train, run, resume=config.resume, show_progress=show_progress, started=started)
+    if dist.is_main():
+        from lmforge.evaluation.plots import loss_curve
+
+        loss_curve(run.metrics_path, run.root / "loss.png")
+    for warning in result.warnings:
+        log.warning("%s", warning)
+    return summary(run, result, time.monotonic() - started, **extra)
+
+
+def training_stage(prepare: Prepare, doc: str) -> Callable[..., dict]:
+    """A task's stage function: ``stage(config, *, show_progress=True, started=None) -> run summary``."""
+
+    def stage(config: Any, *, show_progress: bool = True, started: float | None = None) -> dict:
+        return run_training(prepare, config, show_progress, started)
+
+    stage.__doc__ = doc
+    return stage
+
+
+def summary(run: RunDir, result: TrainResult, wall: float, **extra: Any) -> dict:
+    return {"run": str(run.root), "steps": result.steps, "epochs": result.epochs, "elapsed_s": round(wall, 1),
+            "stopped_by": result.stopped_by, "timing": result.timing, "best": result.best,
+            "last_eval": result.last_eval, "warnings": result.warnings, **extra}
+
+
+def hf_saver(tokenizer, unwrap: Callable[[Any], Any] = lambda m: m) -> Callable[[Any, Path], None]:
     """A ``save_model`` for TaskSpec: safetensors weights, config and tokenizer, as one HF folder."""
 
-    def save(model: torch.nn.Module, path: Path) -> None:
+    def save(model, path: Path) -> None:
         unwrap(model).save_pretrained(path, safe_serialization=True)
         tokenizer.save_pretrained(path)
 
     return save
 
 
-def summary(run: RunDir, result: TrainResult, **extra: Any) -> dict:
-    return {"run": str(run.root), "steps": result.steps, "epochs": result.epochs, "elapsed_s": round(result.elapsed, 1),
-            "stopped_by": result.stopped_by, "best": result.best, "last_eval": result.last_eval, **extra}
+def data_info(spec: str, files: list, **counts: Any) -> dict:
+    """How a run's lmforge.yaml records a data split: its spec, sizes and file fingerprints."""
+    return {"spec": spec, **counts, "files": [file_fingerprint(f) for f in files]}
 
 
-def run_stage(prepared: tuple, config: Any, show_progress: bool) -> dict:
-    """Train a prepared ``(task, run[, extra])`` with the config's loop settings and summarise the run."""
-    task, run, *rest = prepared
-    result = train(task, config.train, run, resume=config.resume, show_progress=show_progress)
-    return summary(run, result, **({"parameters": rest[0]} if rest else {}))
+def bundled_dev_split(data: str, eval_spec: str | None) -> str | None:
+    """The dev data to use: ``eval_spec`` if given, else the bundled dataset's dev split (when ``data`` is a
+    bundled dataset's other split), else None (the caller holds out a share of the training data)."""
+    from lmforge.data.readers import resolve
+
+    if eval_spec:
+        return eval_spec
+    source = resolve(data)
+    if source.bundled is not None and "dev" in source.bundled.splits and source.split != "dev":
+        return f"{source.bundled.name}:dev"
+    return None
 
 
-def pretraining_model(config, tokenizer, tokenizer_spec: str, cls: Any, build: Callable[[], torch.nn.Module]):
-    """Resolve the LR and budget defaults, seed, and load ``--init`` (checking its vocabulary) or build a preset."""
-    from lmforge.errors import ModelLoadError
-    from lmforge.models import SCRATCH_LR, from_pretrained
-
-    if config.train.lr is None:
-        config.train.lr = 1e-4 if config.init else SCRATCH_LR[config.size]
-    if config.train.max_steps is None and config.train.epochs is None and config.train.max_time is None:
-        config.train.epochs = 1.0
-    seed_everything(config.train.seed)
-    if not config.init:
-        return build()
-    model = from_pretrained(cls, config.init, attn_implementation="sdpa")
-    rows = model.get_input_embeddings().weight.shape[0]
-    if rows < len(tokenizer):
-        raise ModelLoadError(
-            f"tokenizer {tokenizer_spec} has {len(tokenizer)} tokens, model {config.init} only {rows}",
-            fix="use the model's own tokenizer (leave out --tokenizer)",
-        )
-    return model
+# ------------------------------------------------------------------------------------------------ evaluation
+def run_config(config_cls: type[BaseModel], info: dict) -> BaseModel:
+    """A run's resolved config from its lmforge.yaml; keys this version no longer knows are dropped."""
+    raw = dict(info.get("config") or {})
+    known = {k: v for k, v in raw.items() if k in config_cls.model_fields}
+    return config_cls.model_validate(known)
 
 
-def corpus_info(files: list[Path], cache, eval_docs) -> dict:
-    return {"files": [file_fingerprint(f) for f in files], "tokens": cache.n_tokens, "documents": cache.n_docs,
-            "eval_documents": len(eval_docs), "cache": str(cache.folder)}
+def load_run_model(run: RunDir, cls: Any) -> tuple[Any, Any]:
+    """A run's tokenizer and model (``cls``, e.g. ``AutoModelForCausalLM``), in eval mode."""
+    from lmforge.models import from_pretrained, load_tokenizer
 
-
-__all__ = ["TaskSpec", "hf_saver", "summary", "run_stage", "pretraining_model", "corpus_info"]
+    tokenizer = load_tokenizer(run.model_dir)
+    model = from_pretrained(cls, run.model_dir, attn_implementation="sdpa").eval()
+    return tokenizer, model

@@ -18,20 +18,28 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from pydantic import Field
 
 from lmforge.config import PretrainConfig
 from lmforge.data.batching import length_grouped_batches
+from lmforge.data.readers import corpus_files
 from lmforge.data.token_cache import TokenCache, split_documents, token_cache
 from lmforge.errors import DataError, ModelLoadError
 from lmforge.rundir import RunDir
-from lmforge.tasks.common import TaskSpec, corpus_info, hf_saver, pretraining_model, run_stage
+from lmforge.tasks.common import hf_saver, load_run_model, run_config, training_stage
+from lmforge.tasks.pretraining import corpus_info, resolve_tokenizer, start_model
+from lmforge.tasks.registry import EvalOptions, Task, register
 
 log = logging.getLogger("lmforge")
 NOT_NEXT = 1
+
+
+class MlmNspConfig(PretrainConfig):
+    objective: Literal["mlm-nsp"] = Field("mlm-nsp", description="BERT masked LM + next-sentence prediction")
+    mask_prob: float = Field(0.15, gt=0, lt=1, description="share of tokens masked for MLM")
 
 
 @dataclass
@@ -75,7 +83,7 @@ def make_instances(cache: TokenCache, doc_ids: np.ndarray, seq_len: int, rng: np
     nxt_i = np.minimum(np.searchsorted(lines, pos, side="left"), len(lines) - 1)
     prv_i = np.maximum(nxt_i - 1, 0)
     nxt, prv = lines[nxt_i], lines[prv_i]
-    inside = lambda p: (p > start) & (p < start + length)  # noqa: E731
+    inside = lambda p: (p > start) & (p < start + length)
     use_prv = inside(prv) & (~inside(nxt) | (pos - prv <= nxt - pos))
     use_nxt = inside(nxt) & ~use_prv
     pos = np.where(use_prv, prv, np.where(use_nxt, nxt, pos))
@@ -114,7 +122,7 @@ class MlmNspBatches:
         self.max_predictions = max(1, math.ceil(mask_prob * (seq_len - 3)))
         self._count = len(make_instances(cache, doc_ids, seq_len, np.random.default_rng(0)))
 
-    @lru_cache(maxsize=2)
+    @lru_cache(maxsize=2)  # noqa: B019 - two epochs' instances, alive as long as the batch source itself
     def _epoch(self, epoch: int) -> tuple[Instances, list[np.ndarray]]:
         rng = np.random.default_rng([self.seed, epoch, 1])
         inst = make_instances(self.cache, self.doc_ids, self.seq_len, rng)
@@ -123,12 +131,16 @@ class MlmNspBatches:
     def num_batches(self, epoch: int) -> int:
         return -(-self._count // self.batch_size)
 
-    def batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
+    def batch(self, epoch: int, index: int) -> dict:
+        import torch
+
         inst, batches = self._epoch(epoch)
         generator = torch.Generator().manual_seed(hash((self.seed, epoch, index)) & 0x7FFF_FFFF_FFFF)
         return self.build(inst, batches[index], generator)
 
-    def build(self, inst: Instances, rows: np.ndarray, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def build(self, inst: Instances, rows: np.ndarray, generator) -> dict:
+        import torch
+
         tokens = self.cache.tokens
         width = int(inst.lengths[rows].max())
         ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
@@ -150,8 +162,10 @@ class MlmNspBatches:
         batch["next_sentence_label"] = torch.from_numpy(inst.nsp_label[rows])
         return batch
 
-    def mask(self, input_ids: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def mask(self, input_ids, lengths, generator) -> dict:
         """Choose ``round(p * real tokens)`` positions per row; 80/10/10 replacement. Modifies input_ids in place."""
+        import torch
+
         batch, width = input_ids.shape
         special = (input_ids == self.cls_id) | (input_ids == self.sep_id) | (input_ids == self.pad_id)
         scores = torch.rand(batch, width, generator=generator)  # [B, T]
@@ -171,37 +185,10 @@ class MlmNspBatches:
         return {"masked_positions": positions, "masked_labels": labels}
 
 
-@dataclass
-class PretrainingOutput:
-    loss: torch.Tensor
-    mlm_loss: torch.Tensor
-    nsp_loss: torch.Tensor
-    mlm_logits: torch.Tensor  # [B, P, V]
-    nsp_logits: torch.Tensor  # [B, 2]
-
-
-class MaskedPositionsPretraining(torch.nn.Module):
-    """Wraps ``BertForPreTraining``: the MLM head runs only on the gathered masked positions. Takes the labels and
-    returns the loss (like the HF head); the wrapped model is what gets saved."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, token_type_ids, masked_positions, masked_labels, next_sentence_label,
-                attention_mask=None) -> PretrainingOutput:
-        out = self.model.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        hidden = out.last_hidden_state  # [B, T, H]
-        picked = hidden.gather(1, masked_positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))  # [B, P, H]
-        mlm_logits = self.model.cls.predictions(picked)  # [B, P, V]
-        nsp_logits = self.model.cls.seq_relationship(out.pooler_output)  # [B, 2]
-        mlm_loss = F.cross_entropy(mlm_logits.flatten(0, 1).float(), masked_labels.flatten(), ignore_index=-100)
-        nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label)
-        return PretrainingOutput(mlm_loss + nsp_loss, mlm_loss, nsp_loss, mlm_logits, nsp_logits)
-
-
-def evaluation_batches(source: MlmNspBatches, max_sequences: int) -> list[dict[str, torch.Tensor]]:
+def evaluation_batches(source: MlmNspBatches, max_sequences: int) -> list[dict]:
     """A fixed held-out set (fixed pairs and masks), so every evaluation scores the same thing."""
+    import torch
+
     inst = make_instances(source.cache, source.doc_ids, source.seq_len, np.random.default_rng(4321))
     keep = np.random.default_rng(4321).permutation(len(inst))[:max_sequences]
     keep = keep[np.argsort(-inst.lengths[keep], kind="stable")]
@@ -210,13 +197,16 @@ def evaluation_batches(source: MlmNspBatches, max_sequences: int) -> list[dict[s
             for i in range(0, len(keep), source.batch_size)]
 
 
-@torch.no_grad()
-def score(model: MaskedPositionsPretraining, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+def score(model, batches: list[dict]) -> dict[str, float]:
+    """Held-out MLM loss, perplexity and accuracy on the masked positions, and NSP accuracy."""
+    import torch
+
     device = next(model.parameters()).device
     mlm_loss_sum = mlm_correct = mlm_count = nsp_correct = nsp_count = nsp_loss_sum = 0.0
     for batch in batches:
         batch = {k: v.to(device) for k, v in batch.items()}
-        out = model(**batch)
+        with torch.no_grad():
+            out = model(**batch)
         labels = batch["masked_labels"]
         valid = labels != -100
         n = int(valid.sum())
@@ -246,9 +236,7 @@ def _check_tokenizer(tokenizer, where: str) -> None:
         )
 
 
-def load_corpus(config: PretrainConfig, tokenizer) -> tuple[TokenCache, np.ndarray, np.ndarray, list[Path]]:
-    from lmforge.tokenizer import corpus_files
-
+def load_corpus(config: MlmNspConfig, tokenizer) -> tuple[TokenCache, np.ndarray, np.ndarray, list[Path]]:
     files = corpus_files(config.corpus)
     cache = token_cache(tokenizer, files)
     train_docs, eval_docs = split_documents(cache, config.eval_fraction)
@@ -265,23 +253,13 @@ def load_corpus(config: PretrainConfig, tokenizer) -> tuple[TokenCache, np.ndarr
     return cache, train_docs, eval_docs, files
 
 
-def resolve_tokenizer(config: PretrainConfig):
-    from lmforge.models import load_tokenizer
-
-    if config.tokenizer is None and config.init is None:
-        raise ModelLoadError(
-            "pretraining needs a tokenizer",
-            fix="pass --tokenizer DIR (make one with `lmforge tokenizer train`) or --init MODEL",
-        )
-    spec = config.tokenizer or config.init
-    return load_tokenizer(spec), spec
-
-
-def prepare_pretraining(config: PretrainConfig) -> tuple[TaskSpec, RunDir, int]:
+def prepare_pretraining(config: MlmNspConfig):
     """Validate inputs, build the token cache, the run dir and the model: everything but the training itself."""
     from transformers import BertForPreTraining
 
     from lmforge.models import build_bert_pretraining
+    from lmforge.training.loop import TaskSpec
+    from lmforge.training.objectives import MaskedPositionsPretraining
 
     tokenizer, tokenizer_spec = resolve_tokenizer(config)
     _check_tokenizer(tokenizer, tokenizer_spec)
@@ -293,58 +271,53 @@ def prepare_pretraining(config: PretrainConfig) -> tuple[TaskSpec, RunDir, int]:
             fix="separate documents with a blank line, or add documents",
         )
     run = RunDir.create(config.out, overwrite=config.overwrite, resume=config.resume)
-    model = pretraining_model(config, tokenizer, tokenizer_spec, BertForPreTraining,
-                              lambda: build_bert_pretraining(config.size, tokenizer, config.seq_len, config.arch))
-    n_params = sum(p.numel() for p in model.parameters())
-    run.write_info(
-        stage="pretrain",
-        task="mlm-nsp",
-        config=config,
-        extra={"parameters": n_params, "corpus": corpus_info(files, cache, eval_docs)},
-    )
-    source = MlmNspBatches(cache, train_docs, tokenizer, config.seq_len, config.train.batch_size, config.mask_prob,
-                           config.train.seed, model.config.vocab_size)
-    eval_source = MlmNspBatches(cache, eval_docs, tokenizer, config.seq_len, config.train.batch_size,
-                                config.mask_prob, config.train.seed, model.config.vocab_size) if len(eval_docs) else None
-    eval_batches = evaluation_batches(eval_source, config.max_eval_sequences) if eval_source else None
-    log.info("pretraining %s (%.1fM parameters) on %s tokens in %d documents", config.size if not config.init else config.init,
-             n_params / 1e6, f"{cache.n_tokens:,}", cache.n_docs)
-
-    task = TaskSpec(
+    model, n_params = start_model(config, run, tokenizer, tokenizer_spec, BertForPreTraining,
+                                  lambda: build_bert_pretraining(config.size, tokenizer, config.seq_len, config.arch),
+                                  corpus_info(files, cache, eval_docs))
+    batches = lambda docs: MlmNspBatches(cache, docs, tokenizer, config.seq_len, config.train.batch_size,
+                                         config.mask_prob, config.train.seed, model.config.vocab_size)
+    eval_batches = evaluation_batches(batches(eval_docs), config.max_eval_sequences) if len(eval_docs) else None
+    log.info("pretraining %s (%.1fM parameters) on %s tokens in %d documents",
+             config.init or config.size, n_params / 1e6, f"{cache.n_tokens:,}", cache.n_docs)
+    spec = TaskSpec(
         name="pretrain mlm-nsp",
         model=MaskedPositionsPretraining(model),
-        train_data=source,
+        train_data=batches(train_docs),
         save_model=hf_saver(tokenizer, unwrap=lambda wrapper: wrapper.model),
         evaluate=(lambda m: score(m, eval_batches)) if eval_batches else None,
         count_tokens=lambda b: int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel(),
         eval_times=10,
+        eval_size=sum(len(b["input_ids"]) for b in eval_batches or []),
     )
-    return task, run, n_params
+    return spec, run, {"parameters": n_params}
 
 
-def pretrain_mlm_nsp(config: PretrainConfig, *, show_progress: bool = True) -> dict:
-    return run_stage(prepare_pretraining(config), config, show_progress)
+pretrain_mlm_nsp = training_stage(prepare_pretraining, "Pretrain a BERT (MLM + NSP); returns the run summary.")
 
 
-def evaluate_pretraining_run(run: RunDir, info: dict, data: str | None) -> dict:
-    """Score a pretraining run on held-out text: the run's own held-out documents, or all of ``data``."""
+def evaluate_mlm_nsp(run: RunDir, info: dict, options: EvalOptions) -> dict:
+    """Score a pretraining run on held-out text: the run's own held-out documents, or all of ``options.data``."""
     from transformers import BertForPreTraining
 
-    from lmforge.config import PretrainConfig
-    from lmforge.models import from_pretrained, load_tokenizer
+    from lmforge.training.objectives import MaskedPositionsPretraining
 
-    config = PretrainConfig.model_validate(info["config"])
-    tokenizer = load_tokenizer(run.model_dir)
-    model = from_pretrained(BertForPreTraining, run.model_dir, attn_implementation="sdpa")
-    if data:
-        config = config.model_copy(update={"corpus": [data], "eval_fraction": 0.0})
-        from lmforge.tokenizer import corpus_files
-
-        cache = token_cache(tokenizer, corpus_files([data]))
+    config = run_config(MlmNspConfig, info)
+    tokenizer, model = load_run_model(run, BertForPreTraining)
+    if options.data:
+        cache = token_cache(tokenizer, corpus_files([options.data]))
         docs = np.arange(cache.n_docs)
     else:
         cache, _, docs, _ = load_corpus(config, tokenizer)
     source = MlmNspBatches(cache, docs, tokenizer, config.seq_len, config.train.batch_size, config.mask_prob,
                            config.train.seed, model.config.vocab_size)
     wrapper = MaskedPositionsPretraining(model).eval()
-    return {"data": data or "held-out documents", **score(wrapper, evaluation_batches(source, config.max_eval_sequences))}
+    return {"data": options.data or "held-out documents",
+            **score(wrapper, evaluation_batches(source, config.max_eval_sequences))}
+
+
+TASK = register(Task(
+    name="mlm-nsp", stage="pretrain", config=MlmNspConfig, train=pretrain_mlm_nsp, evaluate=evaluate_mlm_nsp,
+    summary="BERT-style encoder: masked language modeling + next-sentence prediction on packed sequences",
+    pipeline="fill-mask", architectures=("ForPreTraining", "ForMaskedLM"),
+    metrics=("mlm_accuracy", "perplexity", "nsp_accuracy", "loss"),
+))

@@ -1,6 +1,7 @@
-"""Causal-LM loss without materializing the full logits.
+"""Training objectives that wrap an unchanged Hugging Face model: each takes the batch with its labels and returns an
+output with the loss (like HF heads do), and the wrapped model is what gets saved.
 
-The LM head of a small model is most of its training cost: for 16 sequences of 256 tokens and a 16k vocabulary the
+Causal LM: the loss without materializing the full logits. The LM head of a small model is most of its training cost: for 16 sequences of 256 tokens and a 16k vocabulary the
 logits alone are 65M floats, written, normalized, read back and differentiated every step. Here the head and the
 cross-entropy run chunk by chunk over the tokens, and each chunk's gradient (softmax minus one-hot) is formed at once
 and folded into the hidden-state and weight gradients, so only one chunk of logits ever exists. The numbers equal
@@ -98,3 +99,32 @@ class CausalLMObjective(torch.nn.Module):
         chunk = self.chunk or CHUNK_TOKENS.get(hidden.device.type, 4096)
         loss = ChunkedLinearCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk)
         return CausalLMOutput(loss)
+
+
+@dataclass
+class PretrainingOutput:
+    loss: torch.Tensor
+    mlm_loss: torch.Tensor
+    nsp_loss: torch.Tensor
+    mlm_logits: torch.Tensor  # [B, P, V]
+    nsp_logits: torch.Tensor  # [B, 2]
+
+
+class MaskedPositionsPretraining(torch.nn.Module):
+    """Wraps ``BertForPreTraining`` for MLM + NSP: the MLM head runs only on the gathered masked positions instead of
+    on every token."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, token_type_ids, masked_positions, masked_labels, next_sentence_label,
+                attention_mask=None) -> PretrainingOutput:
+        out = self.model.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        hidden = out.last_hidden_state  # [B, T, H]
+        picked = hidden.gather(1, masked_positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))  # [B, P, H]
+        mlm_logits = self.model.cls.predictions(picked)  # [B, P, V]
+        nsp_logits = self.model.cls.seq_relationship(out.pooler_output)  # [B, 2]
+        mlm_loss = F.cross_entropy(mlm_logits.flatten(0, 1).float(), masked_labels.flatten(), ignore_index=-100)
+        nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label)
+        return PretrainingOutput(mlm_loss + nsp_loss, mlm_loss, nsp_loss, mlm_logits, nsp_logits)

@@ -10,7 +10,7 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health/live", summary="the process is up")
-def live() -> dict:
+async def live() -> dict:  # async: answered on the event loop itself, not queued behind busy worker threads
     return {"status": "ok"}
 
 
@@ -28,7 +28,10 @@ def ready(request: Request, registry: Registry) -> Response:
     return JSONResponse({"status": "ready", "models": list(registry.models)})
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            description="Needs the API key when the server has one, unless it runs with --metrics-public "
+                        "(the key is checked by serve.limits.ApiKeyGate, before any route).",
+            responses={401: {"model": ErrorResponse, "description": "missing or wrong API key"}})
 def metrics(request: Request) -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 

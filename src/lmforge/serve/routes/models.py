@@ -11,19 +11,19 @@ router = APIRouter(prefix="/v1", tags=["models"], dependencies=[ApiKey, Ready])
 
 def _card(served: ServedModel) -> dict:
     described = served.pipeline.describe()
-    return {"id": served.name, "created": served.created, "task": served.task,
-            "labels": described.get("labels"), "max_length": described.get("max_length"),
-            "metrics": _metrics(served)}
+    return {"id": served.name, "created": served.created, "task": served.task, "routes": list(served.routes),
+            "chat": described.get("chat"), "labels": described.get("labels"),
+            "max_length": described.get("max_length"), "metrics": _metrics(served)}
 
 
 def _metrics(served: ServedModel) -> dict | None:
+    """The run's last evaluation, as far as its task shows it on the card (the task registry says which keys)."""
     from lmforge.rundir import RunDir
 
     result = RunDir(served.path).eval_results()
     if not result:
         return None
-    keep = ("data", "accuracy", "macro_f1", "n", "perplexity", "loss", "mlm_accuracy", "nsp_accuracy", "per_class",
-            "baseline", "parse_rate", "chrf", "pass_at_1", "evaluated")
+    keep = ("data", *served.card_metrics, "evaluated")
     return {k: result[k] for k in keep if k in result}
 
 
@@ -47,7 +47,8 @@ def model_detail(name: str, registry: Registry) -> dict:
     train = [[r["step"], r["loss"]] for r in records if "loss" in r]
     stride = max(1, len(train) // 200)
     evals = [r for r in records if "eval" in r]
-    metric = next((k for k in ("accuracy", "perplexity", "loss") if evals and k in evals[-1]["eval"]), None)
+    # the curve shows the task's headline metric if the dev evaluations have it, else the dev loss
+    metric = next((k for k in (*served.card_metrics[:1], "loss") if evals and k in evals[-1]["eval"]), None)
     info = run.info() if run.config_path.exists() else {}
     return {**_card(served), "curve": train[::stride], "eval_metric": metric,
             "eval_curve": [[r["step"], r["eval"][metric]] for r in evals] if metric else [],

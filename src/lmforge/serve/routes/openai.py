@@ -9,23 +9,38 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmforge.inference.generation import Delta, SamplingParams
-from lmforge.inference.pipelines import GENERATIVE_TASKS
-from lmforge.serve.deps import ApiKey, Ready, Registry, Settings, find_model
+from lmforge.serve.deps import ApiKey, Ready, Registry, Settings
+from lmforge.serve.errors import openai_error, report_internal_error
 from lmforge.serve.registry import ServedModel
+from lmforge.serve.schemas import error_responses
 from lmforge.serve.settings import ServeSettings
 
+ROUTE = "openai"  # what a task lists in its ``routes`` to be served here (lmforge.tasks.registry)
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[ApiKey, Ready])
+
+T = TypeVar("T")
+# Chat templating and tokenizing are CPU work (~0.5 s for an 800 KB body) and must not run on the event loop. They
+# get their own threads, at most half the cores: with one thread per request, 8 big bodies kept both cores of a small
+# machine busy and /health/live waited up to 0.6 s for a turn. Encoding only reads a generative model's tokenizer,
+# so it may run beside generation on the model's worker.
+_PREPROCESS = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) // 2), thread_name_prefix="lmforge-prep")
+
+
+async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(_PREPROCESS, fn, *args)
 
 
 class OpenAIError(BaseModel):
@@ -38,44 +53,54 @@ class OpenAIError(BaseModel):
     error: Body
 
 
-OPENAI_ERRORS = {
-    400: {"model": OpenAIError, "description": "invalid request (parameters, prompt too long for the context)"},
-    401: {"model": OpenAIError, "description": "missing or wrong API key"},
-    404: {"model": OpenAIError, "description": "unknown model"},
-    413: {"model": OpenAIError, "description": "request body too large"},
-    429: {"model": OpenAIError, "description": "too many requests in flight; retry after Retry-After seconds"},
-    503: {"model": OpenAIError, "description": "models still loading, or the server is shutting down"},
+OPENAI_ERRORS = error_responses(OpenAIError, {400: "invalid request (parameters, prompt too long for the context)"})
+OPENAI_RESPONSES = {
+    200: {"description": 'the completion; with "stream": true, server-sent events ending with "data: [DONE]"',
+          "content": {"text/event-stream": {"schema": {  # one event (OpenAPI 3.1: the schema of each event)
+              "type": "object", "required": ["data"],
+              "properties": {"data": {"type": "string", "description": "a JSON chunk, or [DONE] after the last"}}}}}},
+    **OPENAI_ERRORS,
 }
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     include_usage: bool = False
 
 
+INT64 = (-(2**63), 2**63 - 1)
+
+
 class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: no coercion, so "stream": 0 or "n": "2" is a 400 like any other wrong type; NaN and infinity are refused
+    # (JSON parsers accept them), so no sampling parameter reaches the sampler non-finite
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     model: str = Field(description="model name (GET /v1/models)")
-    temperature: float = Field(1.0, ge=0, le=2, description="0 is greedy")
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: float = Field(1.0, ge=0, le=2, description="0 is greedy (so is anything below 1e-5)")
+    top_p: float = Field(1.0, gt=0, le=1, description="sample from the smallest set of tokens whose mass reaches top_p")
     n: int = Field(1, ge=1, le=8, description="completions per prompt")
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = Field(None, description="up to 4 sequences that end the completion")
-    seed: int | None = Field(None, description="makes sampling reproducible")
+    seed: int | None = Field(None, ge=INT64[0], le=INT64[1],
+                             description="makes sampling reproducible; a signed 64-bit integer")
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
     user: str | None = None
     # lmforge extensions
     top_k: int = Field(0, ge=0, description="lmforge extension: sample among the k most likely tokens (0: off)")
-    repetition_penalty: float = Field(1.0, gt=0, description="lmforge extension: HF-style repetition penalty")
+    repetition_penalty: float = Field(
+        1.0, ge=0.01, le=10,
+        description="lmforge extension: HF-style repetition penalty; 1 is off, above 1 discourages repeats, below 1 "
+                    "encourages them; 0.01 to 10 (further out it swamps the logits)")
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(None, ge=1, description="tokens to generate: 16 when not given (or the server's cap, "
+                                                         "if lower)")
     echo: bool = False
     logprobs: int | None = None
     best_of: int | None = None
@@ -83,7 +108,7 @@ class CompletionRequest(_Sampling):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[dict[str, Any]]
     name: str | None = None
@@ -141,7 +166,8 @@ def _budget(served: ServedModel, prompt_lengths: list[int], requested: int | Non
     longest = max(prompt_lengths)
     if longest > limit_prompt:
         raise _bad(f"the prompt has {longest} tokens; this server accepts at most {limit_prompt}", "messages")
-    max_new = requested if requested is not None else (default or settings.max_new_tokens)
+    # unasked, the default never exceeds the cap: a server started with a cap below 16 still answers plain requests
+    max_new = requested if requested is not None else min(default or settings.max_new_tokens, settings.max_new_tokens)
     if max_new > settings.max_new_tokens:
         raise _bad(f"max_tokens is {max_new}; this server generates at most {settings.max_new_tokens} per request",
                    "max_tokens")
@@ -156,9 +182,9 @@ def _generative(registry, name: str) -> ServedModel:
     served = registry.models.get(name)
     if served is None:
         raise HTTPException(404, f"The model '{name}' does not exist; loaded: {', '.join(registry.models)}")
-    if served.task not in GENERATIVE_TASKS:
+    if ROUTE not in served.routes:
         raise _bad(f"model '{name}' is a {served.task} model; completions need a generative model", "model")
-    return find_model(registry, name, GENERATIVE_TASKS)
+    return served
 
 
 async def _run_stream(served: ServedModel, prompts: list, params: SamplingParams, cancel: threading.Event,
@@ -172,7 +198,7 @@ async def _run_stream(served: ServedModel, prompts: list, params: SamplingParams
         try:
             for delta in served.pipeline.generator.stream(prompts, params, cancel=cancel):
                 loop.call_soon_threadsafe(queue.put_nowait, delta)
-        except Exception as exc:  # reported to the caller below
+        except Exception as exc:  # noqa: BLE001 - any failure is handed to the caller, which reports it
             loop.call_soon_threadsafe(queue.put_nowait, exc)
         finally:
             loop.call_soon_threadsafe(queue.put_nowait, done)
@@ -190,7 +216,8 @@ async def _run_stream(served: ServedModel, prompts: list, params: SamplingParams
             yield item
     finally:
         cancel.set()  # a client that went away stops generation at the next token (the worker frees itself)
-        future.add_done_callback(lambda f: f.exception())  # retrieve, so nothing is logged as unhandled
+        # retrieve the outcome, so nothing is logged as unhandled; a future cancelled at shutdown has none to retrieve
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 async def _collect(stream: AsyncIterator[Delta], count: int) -> tuple[list[str], list[str], list[int]]:
@@ -207,19 +234,36 @@ def _sse(data: dict | str) -> bytes:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
+async def _guarded(events: AsyncIterator[bytes], request: Request) -> AsyncIterator[bytes]:
+    """A stream's 200 is sent before generation runs, so a later failure cannot change the status: it ends the stream
+    with an error event in OpenAI's shape and ``[DONE]`` (the openai client raises it) instead of a cut connection."""
+    try:
+        async for event in events:
+            yield event
+    except Exception as exc:  # noqa: BLE001 - logged with its traceback; the client gets the request id to quote
+        request_id = report_internal_error(request.method, request.url.path, exc)
+        yield _sse(openai_error(500, f"internal error while generating; request id {request_id}"))
+        yield _sse("[DONE]")
+
+
+def _streaming(events: AsyncIterator[bytes], request: Request) -> StreamingResponse:
+    return StreamingResponse(_guarded(events, request), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
+
+
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-@router.post("/completions", summary="OpenAI-compatible text completion", responses=OPENAI_ERRORS)
+@router.post("/completions", summary="OpenAI-compatible text completion", responses=OPENAI_RESPONSES)
 async def completions(body: CompletionRequest, request: Request, registry: Registry, settings: Settings):
     _unsupported(body)
     served = _generative(registry, body.model)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if not prompts or len(prompts) * body.n > settings.max_batch_inputs:
         raise _bad(f"send 1 to {settings.max_batch_inputs} prompts (times n)", "prompt")
-    encoded = [served.pipeline.prompt_ids(p) for p in prompts]
+    encoded = await _off_loop(lambda: [served.pipeline.prompt_ids(p) for p in prompts])
     max_new = _budget(served, [len(e) for e in encoded], body.max_tokens, settings, 16)
     params = _params(body, max_new)
     batch = [e for e in encoded for _ in range(body.n)]
@@ -248,7 +292,7 @@ async def completions(body: CompletionRequest, request: Request, registry: Regis
                 yield _sse(chunk([], _usage(prompt_tokens, completion_tokens)))
             yield _sse("[DONE]")
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return _streaming(events(), request)
     texts, reasons, counts = await _collect(stream, len(batch))
     return JSONResponse({
         "id": ident, "object": "text_completion", "created": created, "model": served.name,
@@ -271,14 +315,25 @@ def _message_text(message: ChatMessage) -> dict[str, str]:
     return {"role": role, "content": content}
 
 
-@router.post("/chat/completions", summary="OpenAI-compatible chat completion", responses=OPENAI_ERRORS)
+async def _chat_prompt(served: ServedModel, messages: list[dict[str, str]]) -> list[int]:
+    """The conversation through the model's chat template, tokenized (off the event loop); a template that refuses
+    the conversation is a 400."""
+    from jinja2 import TemplateError
+
+    try:
+        return await _off_loop(served.pipeline.chat_prompt, messages)
+    except TemplateError as exc:  # e.g. a template's raise_exception("roles must alternate ...")
+        raise _bad(f"model '{served.name}' cannot format these messages: {exc}", "messages") from exc
+
+
+@router.post("/chat/completions", summary="OpenAI-compatible chat completion", responses=OPENAI_RESPONSES)
 async def chat_completions(body: ChatRequest, request: Request, registry: Registry, settings: Settings):
     _unsupported(body)
     served = _generative(registry, body.model)
     if not served.pipeline.has_chat_template:
         raise _bad(f"model '{served.name}' has no chat template; fine-tune it with `lmforge finetune chat` or use "
                    "/v1/completions", "model")
-    prompt = served.pipeline.chat_prompt([_message_text(m) for m in body.messages])
+    prompt = await _chat_prompt(served, [_message_text(m) for m in body.messages])
     requested = body.max_completion_tokens or body.max_tokens
     max_new = _budget(served, [len(prompt)], requested, settings, None)
     params = _params(body, max_new)
@@ -309,7 +364,7 @@ async def chat_completions(body: ChatRequest, request: Request, registry: Regist
                 yield _sse(chunk([], _usage(len(prompt), completion_tokens)))
             yield _sse("[DONE]")
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return _streaming(events(), request)
     texts, reasons, counts = await _collect(stream, body.n)
     return JSONResponse({
         "id": ident, "object": "chat.completion", "created": created, "model": served.name,

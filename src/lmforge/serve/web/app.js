@@ -105,7 +105,8 @@ async function pollReady() {
 }
 
 // ------------------------------------------------------------------ models and model card
-const GENERATIVE = ["generate", "chat", "code"];
+// each model card lists the routes that answer it (from its task in the server's task registry)
+const answers = (route) => (m) => (m.routes || []).includes(route);
 
 async function loadModels() {
   try {
@@ -115,11 +116,14 @@ async function loadModels() {
     showError($("#form-error"), explain(err));
     return;
   }
-  fill($("#model"), state.models.filter((m) => m.task === "classify"));
-  fill($("#chat-model"), state.models.filter((m) => GENERATIVE.includes(m.task)), "chat");
-  fill($("#complete-model"), state.models.filter((m) => GENERATIVE.includes(m.task)), "code");
-  const hasClassify = state.models.some((m) => m.task === "classify");
-  const hasGen = state.models.some((m) => GENERATIVE.includes(m.task));
+  const classifiers = state.models.filter(answers("classify"));
+  const generators = state.models.filter(answers("openai"));
+  const chatters = generators.filter((m) => m.chat);
+  fill($("#model"), classifiers);
+  fill($("#chat-model"), chatters.length ? chatters : generators, (m) => m.chat);
+  fill($("#complete-model"), generators, (m) => !m.chat);
+  const hasClassify = classifiers.length > 0;
+  const hasGen = generators.length > 0;
   $("#tab-classify").hidden = !hasClassify;
   $("#tab-chat").hidden = !hasGen;
   $("#tab-complete").hidden = !hasGen;
@@ -128,10 +132,10 @@ async function loadModels() {
   if (hasClassify) await showCard($("#model").value);
 }
 
-function fill(select, models, preferTask) {
+function fill(select, models, prefer = () => false) {
   const previous = select.value;
   select.replaceChildren(...models.map((m) => new Option(`${m.id} (${m.task})`, m.id)));
-  const preferred = models.find((m) => m.id === previous) || models.find((m) => m.task === preferTask);
+  const preferred = models.find((m) => m.id === previous) || models.find(prefer);
   if (preferred) select.value = preferred.id;
 }
 

@@ -1,0 +1,26 @@
+"""``python -m tests.serve.slow_generation serve ...``: ``lmforge serve`` with every generated token delayed, so a
+stream reliably outlasts a drain timeout (the tiny test models otherwise finish in well under a second)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from lmforge.inference.generation import TextGenerator
+
+DELAY_S = float(os.environ.get("LMFORGE_TEST_TOKEN_DELAY_S", "0.05"))
+_stream = TextGenerator.stream
+
+
+def _slow_stream(self, *args, **kwargs):
+    for delta in _stream(self, *args, **kwargs):
+        time.sleep(DELAY_S)  # on the model's worker thread, as a slow model would be
+        yield delta
+
+
+TextGenerator.stream = _slow_stream
+
+if __name__ == "__main__":
+    from lmforge.cli import main
+
+    main()
