@@ -56,47 +56,61 @@ class Pipeline:
 
 
 class ClassificationPipeline(Pipeline):
+    """Sequence classifiers. BERT-architecture folders (MiniLM, lmforge's BERTs) run on the lean forward of
+    :mod:`lmforge.inference.encoder` without importing transformers; any other through transformers."""
+
     kind = "text-classification"
     batchable = True
 
     def __init__(self, model_dir: Path, **kwargs: Any) -> None:
         super().__init__(model_dir, **kwargs)
-        from transformers import AutoModelForSequenceClassification
+        from lmforge.inference import encoder
 
-        from lmforge.models import from_pretrained, load_tokenizer
+        if encoder.supports(self.model_dir):
+            net, tok = encoder.LeanBertClassifier(self.model_dir, self.device), encoder.FastTokenizer(self.model_dir)
+            self._encode, self._forward = tok.encode, net.logits
+            self.labels, pad_id = net.labels, tok.pad_token_id
+            limits = (tok.model_max_length, net.config["max_position_embeddings"])
+        else:
+            from transformers import AutoModelForSequenceClassification
 
-        self.tokenizer = load_tokenizer(self.model_dir)
-        self.model = from_pretrained(AutoModelForSequenceClassification, self.model_dir, attn_implementation="sdpa")
-        self.model.to(self.device).eval()
-        config = self.model.config
-        self.labels = [config.id2label[i] for i in range(config.num_labels)]
+            from lmforge.models import from_pretrained, load_tokenizer
+
+            tokenizer = load_tokenizer(self.model_dir)
+            model = from_pretrained(AutoModelForSequenceClassification, self.model_dir, attn_implementation="sdpa")
+            model.to(self.device).eval()
+            self._encode = lambda texts, max_length: tokenizer(
+                texts, truncation=max_length is not None, max_length=max_length)["input_ids"]
+            self._forward = lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits
+            self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+            pad_id = tokenizer.pad_token_id
+            limits = (int(tokenizer.model_max_length or 512), model.config.max_position_embeddings)
+        self.pad_id = pad_id if pad_id is not None else 0
         configured = (self.info.get("config") or {}).get("max_length")
-        limit = min(int(self.tokenizer.model_max_length or 512), config.max_position_embeddings)
-        self.max_length = min(int(configured), limit) if configured else limit
+        self.max_length = min(int(configured), *limits) if configured else min(limits)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "labels": self.labels, "max_length": self.max_length}
 
     def encode(self, texts: list[str], *, truncate: bool = True) -> list[list[int]]:
         if truncate:
-            return self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
-        ids = self.tokenizer(texts, truncation=False)["input_ids"]
+            return self._encode(texts, self.max_length)
+        ids = self._encode(texts, None)
         check_lengths([len(x) for x in ids], self.max_length)
         return ids
 
     def check_lengths(self, texts: list[str]) -> None:
         """Raise InputTooLong naming every input over the model's max length (in tokens)."""
-        check_lengths([len(x) for x in self.tokenizer(texts, truncation=False)["input_ids"]], self.max_length)
+        check_lengths([len(x) for x in self._encode(texts, None)], self.max_length)
 
     @torch.inference_mode()
     def logits(self, texts: list[str], *, batch_size: int = 64, truncate: bool = True) -> np.ndarray:
         encoded = self.encode(texts, truncate=truncate)
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-        pad_id = self.tokenizer.pad_token_id or 0
         for index in sorted_batches([len(x) for x in encoded], batch_size):
-            ids, mask = pad_batch([encoded[i] for i in index], pad_id)
+            ids, mask = pad_batch([encoded[i] for i in index], self.pad_id)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                logits = self._forward(ids.to(self.device), mask.to(self.device))
             out[index] = logits.float().cpu().numpy()
         return out
 
