@@ -510,7 +510,7 @@ def quickstart(
     from_scratch: Annotated[bool, typer.Option("--from-scratch", help="train a tokenizer and pretrain a tiny BERT first")] = False,
     no_serve: Annotated[bool, typer.Option("--no-serve", help="stop after the report")] = False,
     out: Annotated[Path | None, typer.Option("--out", metavar="PATH", help="run dir (default: runs/quickstart-<time>)")] = None,
-    max_time: Annotated[str | None, typer.Option("--max-time", metavar="TIME", help="fine-tuning budget (default: 2m30s on CPU)")] = None,
+    max_time: Annotated[str | None, typer.Option("--max-time", metavar="TIME", help="budget of the fine-tuning stage, evaluations included (default: 3m on CPU)")] = None,
     host: Annotated[str, typer.Option("--host", metavar="HOST", help="address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", metavar="N", help="port (the next free one is used if taken)")] = 8000,
 ) -> None:
