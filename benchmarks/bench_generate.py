@@ -1,9 +1,16 @@
-"""Generation throughput: lmforge's generator vs Hugging Face ``generate`` on the same model and prompts.
+"""Generation throughput: lmforge's generator vs Hugging Face ``generate`` (and llama.cpp) on the same model and prompts.
 
-Greedy decoding of ``--new-tokens`` tokens (end-of-text ignored on both sides so the work is equal), at batch 1 and
-batch 8 (left-padded real prompts from the corpus). Model: a run dir (``--run``) or a fresh GPT-2 of ``--size``.
+Greedy decoding of ``--new-tokens`` tokens (end-of-text ignored so the work is equal), at batch 1 and batch 8
+(left-padded real prompts). Each side runs in its own process, so its peak memory (RSS) is its own. Models:
 
-    python benchmarks/bench_generate.py [--run RUN | --size mini] [--new-tokens 128]
+    python benchmarks/bench_generate.py [--size mini]                  # a fresh GPT-2 of that size, corpus prompts
+    python benchmarks/bench_generate.py --model RUN_OR_FOLDER          # any causal LM lmforge loads
+    python benchmarks/bench_generate.py --model smollm2 [--llama-cpp PYTHON]
+
+With ``--model smollm2`` the prompts are chat prompts in the model's template, and ``--llama-cpp`` names a Python that
+has llama-cpp-python (not a dependency of lmforge; build it once in its own venv, about 10 minutes on 2 cores:
+``python3 -m venv benchmarks/out/llamacpp-venv && benchmarks/out/llamacpp-venv/bin/pip install llama-cpp-python``):
+it decodes the very same GGUF file, one sequence at a time (its Python API has no batched generation).
 """
 
 from __future__ import annotations
@@ -11,17 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT, hardware
 
-PROMPTS = [
+CORPUS_PROMPTS = [
     "It is a truth universally acknowledged, that a single man in possession of a good fortune",
     "Fellow-Citizens of the Senate and House of Representatives:",
     "The family of Dashwood had long been settled in Sussex.",
@@ -31,81 +38,189 @@ PROMPTS = [
     "The standard library contains built-in modules that provide access to system functionality",
     "You will be successful in your work.",
 ]
+CHAT_PROMPTS = [
+    "Write a short story about a robot who learns to paint.",
+    "Explain photosynthesis in one paragraph.",
+    "Give me three tips for sleeping better.",
+    "Write a Python function that reverses a string.",
+    "What are the main causes of the French Revolution?",
+    "Describe a cat to someone who has never seen one.",
+    "How does a bicycle stay upright?",
+    "Suggest a name for a coffee shop and explain it.",
+]
 
 
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--run", default=None)
-    parser.add_argument("--size", default="mini")
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
-
+def _load(args):
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lmforge.inference.generation import SamplingParams, TextGenerator
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if args.run:
-        path = Path(args.run) / "model" if (Path(args.run) / "model").exists() else Path(args.run)
+    if args.model:
+        from lmforge.models import resolve_model_path
+
+        path = resolve_model_path(args.model)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        name = str(args.run)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        name = args.model
     else:
         from lmforge.config import TokenizerTrainConfig
         from lmforge.data.tokenizer import train_tokenizer
         from lmforge.models import build_gpt
 
         tok_dir = train_tokenizer(TokenizerTrainConfig(corpus=["corpus"], kind="bpe", vocab_size=16000,
-                                                       out=Path(tempfile.mkdtemp()) / "tok"))
+                                                       out=Path(tempfile.mkdtemp()) / "tok"), show_progress=False)
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
         torch.manual_seed(0)
-        model = build_gpt(args.size, tokenizer, 1024).to(dtype)
+        model = build_gpt(args.size, tokenizer, 1024)
         name = f"fresh GPT-2 {args.size}"
-    model.to(device).eval()
-    n_params = sum(p.numel() for p in model.parameters())
-    ours = TextGenerator(model, tokenizer, device)
-    tokenizer.padding_side = "left"
-    rows = {}
-    for batch in (1, 8):
-        prompts = PROMPTS[:batch]
-        params = SamplingParams(max_new_tokens=args.new_tokens, temperature=0, ignore_eos=True)
-        enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
-        hf_kwargs = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "do_sample": False,
-                     "pad_token_id": tokenizer.pad_token_id}
-        with torch.inference_mode():
-            ours.generate(prompts, SamplingParams(max_new_tokens=8, temperature=0, ignore_eos=True))  # warm up
-            model.generate(**enc, **{**hf_kwargs, "max_new_tokens": 8, "min_new_tokens": 8})
-            timings = {"lmforge": [], "hf": []}
+    if device.type == "cuda":
+        model = model.to(torch.bfloat16)
+    return model.to(device).eval(), tokenizer, name, device
+
+
+def _prompts(tokenizer, chat: bool) -> list[list[int]]:
+    if not chat:
+        return [tokenizer(p, add_special_tokens=False)["input_ids"] for p in CORPUS_PROMPTS]
+    out = []
+    for text in CHAT_PROMPTS:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                            tokenize=True)
+        out.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
+    return out
+
+
+def side_torch(args) -> dict:
+    """lmforge's TextGenerator or HF ``generate`` on the model: tokens/s and time to first token at batch 1 and 8."""
+    import torch
+
+    from lmforge.inference.generation import SamplingParams, TextGenerator
+
+    model, tokenizer, name, device = _load(args)
+    prompts = _prompts(tokenizer, chat=bool(tokenizer.chat_template) and args.model is not None)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    results = {"model": name, "parameters": sum(p.numel() for p in model.parameters())}
+    generator = TextGenerator(model, tokenizer, device, precision=args.precision)
+    if args.side == "lmforge":
+        results["engine"] = generator.engine_name
+        results["precision"] = getattr(generator._engine(), "precision", str(next(model.parameters()).dtype))
+
+        def run(batch_prompts, new_tokens):
+            return generator.generate(batch_prompts, SamplingParams(max_new_tokens=new_tokens, temperature=0,
+                                                                    ignore_eos=True))
+    else:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+        def run(batch_prompts, new_tokens):
+            width = max(len(p) for p in batch_prompts)
+            ids = torch.full((len(batch_prompts), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, p in enumerate(batch_prompts):  # left padding, as lmforge does
+                ids[r, width - len(p):] = torch.tensor(p)
+                mask[r, width - len(p):] = 1
+            return model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=new_tokens,
+                                  min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
+    with torch.inference_mode():
+        for batch in (1, 8):
+            chosen = prompts[:batch]
+            run(chosen, 8)  # warm up
+            best, first = float("inf"), float("inf")
             for _ in range(args.repeats):
                 sync()
                 start = time.perf_counter()
-                out = ours.generate(prompts, params)
+                run(chosen, 1)
                 sync()
-                timings["lmforge"].append(time.perf_counter() - start)
-                assert all(o.completion_tokens == args.new_tokens for o in out)
+                first = min(first, time.perf_counter() - start)
                 start = time.perf_counter()
-                model.generate(**enc, **hf_kwargs)
+                run(chosen, args.new_tokens)
                 sync()
-                timings["hf"].append(time.perf_counter() - start)
-        new = batch * args.new_tokens
-        rows[batch] = {k: new / min(v) for k, v in timings.items()}
-    print(f"\n== generation on {hardware()}: {name} ({n_params / 1e6:.1f}M parameters), greedy, "
-          f"{args.new_tokens} new tokens, engine '{ours.engine_name}'")
-    print(f"   {'batch':>5s} {'HF generate tok/s':>18s} {'lmforge tok/s':>14s} {'ratio':>6s}")
-    for batch, r in rows.items():
-        print(f"   {batch:5d} {r['hf']:18.1f} {r['lmforge']:14.1f} {r['lmforge'] / r['hf']:5.2f}x")
+                best = min(best, time.perf_counter() - start)
+            results[str(batch)] = {"tokens_per_s": batch * args.new_tokens / best, "first_token_s": first}
+    results["peak_rss_mb"] = peak_rss_mb()
+    return results
+
+
+LLAMA_CPP_SIDE = r"""
+import json, resource, sys, time
+from llama_cpp import Llama
+gguf, new_tokens, repeats, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+prompts = json.loads(sys.stdin.read())
+llm = Llama(model_path=gguf, n_threads=threads, n_ctx=1024, verbose=False)
+def run(tokens, n):
+    llm.reset()
+    out, start, first = 0, time.perf_counter(), None
+    for token in llm.generate(tokens, top_k=1, temp=0.0, reset=True):
+        out += 1
+        if first is None:
+            first = time.perf_counter() - start
+        if out == n:
+            break
+    return time.perf_counter() - start, first
+run(prompts[0], 8)
+best, first = float("inf"), float("inf")
+for _ in range(repeats):
+    total, f = run(prompts[0], new_tokens)
+    best, first = min(best, total), min(first, f)
+eight = sum(run(p, new_tokens)[0] for p in prompts[:8])  # one stream after another
+print(json.dumps({"1": {"tokens_per_s": new_tokens / best, "first_token_s": first},
+                  "8": {"tokens_per_s": 8 * new_tokens / eight, "first_token_s": first},
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def side_llama_cpp(args, python: str) -> dict:
+    from transformers import AutoTokenizer
+
+    from lmforge.models import EMBEDDED, embedded_package, resolve_model_path
+
+    gguf = embedded_package("smollm2") / EMBEDDED["smollm2"].gguf
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("smollm2"))
+    prompts = _prompts(tokenizer, chat=True)
+    done = subprocess.run([python, "-c", LLAMA_CPP_SIDE, str(gguf), str(args.new_tokens), str(args.repeats),
+                           str(os.cpu_count() or 2)], input=json.dumps(prompts), capture_output=True, text=True,
+                          check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default=None, help="run dir, HF folder, or smollm2 (default: a fresh GPT-2)")
+    parser.add_argument("--size", default="mini")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--precision", default="auto", help="lmforge's decoding weights (auto, float32, ...)")
+    parser.add_argument("--llama-cpp", default=None, help="a Python with llama-cpp-python (smollm2 only)")
+    parser.add_argument("--side", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        print(json.dumps(side_torch(args)))
+        return
+    sides = {}
+    for side in ("lmforge", "hf"):
+        command = [sys.executable, __file__, "--side", side, "--size", args.size, "--new-tokens", str(args.new_tokens),
+                   "--repeats", str(args.repeats), "--precision", args.precision]
+        if args.model:
+            command += ["--model", args.model]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        sides[side] = json.loads(done.stdout.strip().splitlines()[-1])
+    if args.llama_cpp:
+        sides["llama.cpp"] = side_llama_cpp(args, args.llama_cpp)
+    ours = sides["lmforge"]
+    print(f"\n== generation on {hardware()}: {ours['model']} ({ours['parameters'] / 1e6:.1f}M parameters), greedy, "
+          f"{args.new_tokens} new tokens; lmforge engine '{ours['engine']}', weights {ours['precision']}")
+    print(f"   {'side':>10s} {'batch':>5s} {'tokens/s':>9s} {'vs HF':>6s} {'first token':>12s} {'peak RSS':>9s}")
+    for name, result in sides.items():
+        for batch in ("1", "8"):
+            row = result[batch]
+            print(f"   {name:>10s} {batch:>5s} {row['tokens_per_s']:9.1f} "
+                  f"{row['tokens_per_s'] / sides['hf'][batch]['tokens_per_s']:5.2f}x {row['first_token_s']:11.3f}s "
+                  f"{result['peak_rss_mb']:7.0f}MB")
     OUT.mkdir(exist_ok=True)
     (OUT / "generate.json").write_text(json.dumps({
-        "benchmark": "generate", "hardware": hardware(), "model": name, "parameters": n_params,
-        "new_tokens": args.new_tokens, "engine": ours.engine_name,
-        "results": {str(b): {**r, "ratio": r["lmforge"] / r["hf"]} for b, r in rows.items()},
+        "benchmark": "generate", "hardware": hardware(), "new_tokens": args.new_tokens, "sides": sides,
         "command": "python benchmarks/bench_generate.py " + " ".join(sys.argv[1:])}, indent=2))
 
 

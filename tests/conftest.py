@@ -164,3 +164,27 @@ def chat_run(gpt_run, tmp_path_factory) -> Path:
         "model": str(gpt_run), "data": str(data), "out": str(out), "max_length": 128,
         "train": {"max_steps": 20, "batch_size": 8, "lr": 3e-3}}), show_progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(bpe_dir, tmp_path_factory) -> Path:
+    """A tiny random Llama (smollm2's architecture: grouped-query attention, RoPE, tied embeddings) with a chat
+    template of its own, saved as an HF folder."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tests.helpers import CHATML
+
+    tok = AutoTokenizer.from_pretrained(bpe_dir)
+    tok.chat_template = CHATML
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>")))
+    with torch.no_grad():  # embeddings (the tied head) as large as a trained model's, so a frozen head can be sure
+        model.model.embed_tokens.weight.mul_(25)
+    out = tmp_path_factory.mktemp("models") / "tiny-llama"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

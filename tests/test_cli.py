@@ -224,7 +224,8 @@ def test_finetune_help_comes_from_the_tasks_own_config(cli, monkeypatch, task_na
 
 def test_each_command_shows_its_own_defaults(cli, monkeypatch):
     chat, classify = _help(cli, monkeypatch, "finetune", "chat"), _help(cli, monkeypatch, "finetune", "classify")
-    assert "[default: 0.0003]" in _option_line(chat, "--lr") and "[default: 16]" in _option_line(chat, "--batch-size")
+    assert "2e-4 with --lora, else 5e-5" in _option_line(chat, "--lr")
+    assert "[default: 16]" in _option_line(chat, "--batch-size") and "model/adapter" in _option_line(chat, "--lora")
     assert "[default: 5e-05]" in _option_line(classify, "--lr")
     pretrain = _help(cli, monkeypatch, "pretrain")
     assert "by --size: tiny 1e-3" in _option_line(pretrain, "--lr")

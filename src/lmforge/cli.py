@@ -273,19 +273,24 @@ def _argument(name: str, kind: Any, marker: Any, default: Any = inspect.Paramete
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, marker])
 
 
-def _generation_pipeline(run: Path):
+PRECISION = _argument("precision", Literal["auto", "float32", "bfloat16", "int8"], typer.Option(
+    "--precision", help="weights to decode with: auto (int8 on a CPU, bfloat16 on a GPU, for Llama models like "
+    "smollm2), float32 (exactly the model)"), "auto")
+
+
+def _generation_pipeline(run: Path, precision: str = "auto"):
     from lmforge.inference.pipelines import GenerationPipeline
     from lmforge.stages import load
 
-    pipeline = load(run)
+    pipeline = load(run, precision=precision)
     if not isinstance(pipeline, GenerationPipeline):
         raise LmforgeError(f"'{run}' is a {pipeline.task} run; generation needs a causal LM",
                            fix="pretrain one with --objective clm, or fine-tune with finetune chat/code")
     return pipeline
 
 
-def _generate(run: Path, prompt: str, stream: bool, as_json: bool, params) -> None:
-    pipeline = _generation_pipeline(run)
+def _generate(run: Path, prompt: str, stream: bool, as_json: bool, precision: str, params) -> None:
+    pipeline = _generation_pipeline(run, precision)
     if as_json:
         out = pipeline.generator.generate([prompt], params)[0]
         _echo_json({"prompt": prompt, **vars(out)})
@@ -310,12 +315,12 @@ app.command("generate")(sampling_command(
      _argument("prompt", str, typer.Argument(help="text to continue", metavar="PROMPT")),
      _argument("stream", bool, typer.Option("--stream", help="print tokens as they are produced"), False),
      _argument("as_json", bool, typer.Option("--json", help="print one JSON object (text, finish_reason, usage)"),
-               False)],
+               False), PRECISION],
     _generate))
 
 
-def _chat(run: Path, system: str | None, params) -> None:
-    pipeline = _generation_pipeline(run)
+def _chat(run: Path, system: str | None, precision: str, params) -> None:
+    pipeline = _generation_pipeline(run, precision)
     if not pipeline.has_chat_template:
         raise LmforgeError(f"'{run}' has no chat template", fix="fine-tune it first: lmforge finetune chat --model RUN")
     history = [{"role": "system", "content": system}] if system else []
@@ -352,7 +357,8 @@ app.command("chat")(sampling_command(
     {"max_new_tokens": 128, "temperature": 0.7, "top_k": 50, "top_p": 0.95, "repetition_penalty": 1.1,
      "seed": None},
     [_argument("run", Path, typer.Argument(help="a chat run (lmforge finetune chat)", metavar="RUN")),
-     _argument("system", str | None, typer.Option("--system", metavar="TEXT", help="a system message to start with"), None)],
+     _argument("system", str | None, typer.Option("--system", metavar="TEXT", help="a system message to start with"),
+               None), PRECISION],
     _chat))
 
 

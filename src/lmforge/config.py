@@ -94,7 +94,21 @@ class GenerativeTrainConfig(TrainConfig):
 
     epochs: float | None = Field(3, gt=0, description="passes over the training data (fractions allowed)")
     batch_size: int = Field(16, ge=1, description="sequences per device per micro-batch")
-    lr: float | None = Field(3e-4, gt=0, description="peak learning rate (AdamW)")
+    lr: float | None = Field(None, gt=0, description="peak learning rate (AdamW; default: 2e-4 with --lora, else "
+                             "5e-5, gentle enough for a pretrained model)")
+
+
+class LoraSettings(Strict):
+    """Low-rank adaptation (LoRA, through peft): train small adapter matrices beside frozen weights."""
+
+    enabled: bool = Field(False, description="train LoRA adapters instead of every weight; the run saves the adapter "
+                          "(model/adapter) and the merged model", json_schema_extra={"flag": "--lora"})
+    rank: int = Field(16, ge=1, description="rank of each adapter")
+    alpha: float = Field(32.0, gt=0, description="adapter scaling: updates are multiplied by alpha / rank")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapters' input")
+    target_modules: list[str] | str = Field(
+        "all-linear", description="modules to adapt, by name (e.g. [q_proj, v_proj]); all-linear: every linear "
+        "layer but the output head")
 
 
 # ----------------------------------------------------------------------------------------------- stages
@@ -145,6 +159,15 @@ class FinetuneConfig(RunConfig):
         None, description="dev data (default: the bundled dev split, else a held-out share of the training data)"
     )
     dev_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of training data held out when no dev data")
+
+
+class DecoderFinetuneConfig(FinetuneConfig):
+    """Fine-tuning a causal LM (dialogue, code): every weight, or LoRA adapters."""
+
+    model: str = Field(description="a causal LM: smollm2 (the embedded instruction-tuned model), a run dir (e.g. from "
+                       "pretrain --objective clm), an HF folder or a hub id")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="low-rank adaptation")
+    train: GenerativeTrainConfig = Field(default_factory=GenerativeTrainConfig, description="training loop")
 
 
 # ----------------------------------------------------------------------------------------------- building

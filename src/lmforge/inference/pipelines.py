@@ -44,12 +44,13 @@ class Pipeline:
     predict_hint: str | None = None  # when `lmforge predict` does not apply: what to use instead
 
     def __init__(self, model_dir: Path, *, name: str | None = None, info: dict | None = None, device: str | None = None,
-                 task: str | None = None):
+                 task: str | None = None, precision: str = "auto"):
         self.model_dir = Path(model_dir)
         self.name = name or self.model_dir.name
         self.info = info or {}
         self.task = task or self.info.get("task") or self.kind
         self.device = torch.device(device) if device else default_device()
+        self.precision = precision  # decoders' weights for generation: auto, float32, bfloat16 or int8
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "task": self.task, "kind": self.kind}
@@ -152,7 +153,7 @@ class GenerationPipeline(Pipeline):
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.model = from_pretrained(AutoModelForCausalLM, self.model_dir, attn_implementation="sdpa", dtype=dtype)
         self.model.to(self.device).eval()
-        self.generator = TextGenerator(self.model, self.tokenizer, self.device)
+        self.generator = TextGenerator(self.model, self.tokenizer, self.device, precision=self.precision)
         self.context = self.generator.context
 
     def describe(self) -> dict[str, Any]:

@@ -66,7 +66,7 @@ class ModelRegistry:
         try:
             for served in self.models.values():
                 started = time.monotonic()
-                served.pipeline = load(served.path, name=served.name)
+                served.pipeline = load(served.path, name=served.name, precision=self.settings.precision)
                 task = registry.get(served.pipeline.task)
                 served.routes, served.card_metrics = task.routes, task.metrics
                 if served.pipeline.batchable:

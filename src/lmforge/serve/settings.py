@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -31,4 +33,7 @@ class ServeSettings(BaseSettings):
         30.0, ge=0, description="after SIGTERM and the shutdown delay: how long requests already in flight may take "
                                 "to finish; those still running then are dropped and the process exits with status 3")
     max_new_tokens: int = Field(512, ge=1, description="cap on tokens generated per request")
+    precision: Literal["auto", "float32", "bfloat16", "int8"] = Field(
+        "auto", description="weights generative models decode with: auto (int8 on a CPU, bfloat16 on a GPU, for "
+        "Llama models like smollm2), float32 (exactly the model)")
     max_prompt_tokens: int | None = Field(None, ge=1, description="cap on prompt tokens (default: the model's context)")

@@ -1,9 +1,10 @@
 """Dialogue: supervised fine-tuning of a causal LM on multi-turn conversations.
 
-Conversations are rendered with a ChatML template that is saved with the tokenizer (``chat_template.jinja``), so
+Conversations are rendered with the model's own chat template (an instruction-tuned model such as ``smollm2`` has one);
+a model without one gets a ChatML template. The template is saved with the tokenizer (``chat_template.jinja``), so
 ``tokenizer.apply_chat_template`` in any tool formats prompts exactly as training did. The loss is on assistant turns
-only (their text and the ``<|im_end|>`` that ends them, so the model learns to stop); system and user turns and the
-role headers are context. The end-of-turn token is added to the generation config's EOS ids.
+only (their text and the end-of-turn marker that closes them, so the model learns to stop); system and user turns and
+the role headers are context. The end-of-turn token is added to the generation config's EOS ids.
 """
 
 from __future__ import annotations
@@ -14,25 +15,23 @@ from functools import lru_cache
 import numpy as np
 from pydantic import Field
 
-from lmforge.config import FinetuneConfig, GenerativeTrainConfig
+from lmforge.config import DecoderFinetuneConfig
 from lmforge.data.batching import length_grouped_batches
 from lmforge.data.conversations import Conversations, load_conversations
 from lmforge.errors import DataError
 from lmforge.rundir import RunDir
-from lmforge.tasks.common import data_info, hf_saver, load_run_model, run_config, training_stage
-from lmforge.tasks.lm import lm_objective, score_lm
+from lmforge.tasks.common import data_info, load_run_model, run_config, training_stage
+from lmforge.tasks.lm import lm_objective, load_decoder, score_lm
 from lmforge.tasks.registry import EvalOptions, Task, register
 
 log = logging.getLogger("lmforge")
 
 
-class FinetuneChatConfig(FinetuneConfig):
-    model: str = Field(description="a causal LM: run dir (e.g. from pretrain --objective clm), HF folder or hub id")
+class FinetuneChatConfig(DecoderFinetuneConfig):
     data: str = Field("dialogue", description="conversations: {\"messages\": [{role, content}, ...]} per row")
     eval: str | None = Field(None, description="dev conversations (default: a held-out share of the training data)")
     dev_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of conversations held out when no dev data")
     max_length: int = Field(512, ge=16, description="truncate conversations to this many tokens")
-    train: GenerativeTrainConfig = Field(default_factory=GenerativeTrainConfig, description="training loop")
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 CHAT_TEMPLATE = (
@@ -44,29 +43,54 @@ CHAT_TEMPLATE = (
 
 
 def ensure_chat_tokens(tokenizer, model=None) -> None:
-    """Give the tokenizer the ChatML markers and template (growing the model's embeddings if tokens were added)."""
+    """A model with its own chat template (an instruction-tuned one, e.g. smollm2) keeps it; any other gets the ChatML
+    markers and template (growing the model's embeddings if tokens were added)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(tokenizer, "chat_template", None):
+        return
     vocab = tokenizer.get_vocab()
     missing = [t for t in (IM_START, IM_END) if t not in vocab]
     if missing:
         tokenizer.add_tokens(missing, special_tokens=True)
         if model is not None:
             model.resize_token_embeddings(len(tokenizer))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     tokenizer.chat_template = CHAT_TEMPLATE
 
 
+def _render(tokenizer, messages: list[dict], **options) -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, **options)
+    except Exception as exc:  # noqa: BLE001 - a template raises what its author wrote (jinja2 TemplateError, ...)
+        raise DataError(f"the model's chat template refuses this conversation: {exc}",
+                        fix="check the roles and their order (some templates allow no system message, or need "
+                            "user and assistant to alternate)") from None
+
+
 def encode_conversation(tokenizer, messages: list[dict], max_length: int) -> tuple[list[int], list[int]]:
-    """Token ids of the rendered conversation and labels that are -100 everywhere but assistant replies."""
-    ids: list[int] = []
-    labels: list[int] = []
-    for message in messages:
-        head = tokenizer.encode(f"{IM_START}{message['role']}\n", add_special_tokens=False)
-        body = tokenizer.encode(f"{message['content']}{IM_END}", add_special_tokens=False)
-        tail = tokenizer.encode("\n", add_special_tokens=False)
-        ids += head + body + tail
-        labels += [-100] * len(head) + (body if message["role"] == "assistant" else [-100] * len(body))
-        labels += [-100] * len(tail)
+    """Token ids of the conversation rendered with the tokenizer's own chat template, and labels that are -100
+    everywhere but on each assistant reply and the end-of-turn marker that closes it (so the model learns to stop).
+
+    The replies are found in the rendered text: a reply is what rendering up to it adds after the assistant's header
+    (rendering the messages before it with ``add_generation_prompt``), whatever the template; tokens are then labelled
+    by their character offsets, so the text is tokenized once, as at inference."""
+    text = _render(tokenizer, messages)
+    regions = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
+        through = _render(tokenizer, messages[: i + 1])
+        if not (text.startswith(through) and through.startswith(before)):
+            raise DataError("the model's chat template renders a conversation differently from its beginning",
+                            fix="use a model whose template renders each turn after the previous ones")
+        reply = through[len(before):]
+        regions.append((len(before), len(before) + len(reply.rstrip())))  # the turn's trailing newline is context
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, labels = encoded["input_ids"], []
+    for token, (start, end) in zip(ids, encoded["offset_mapping"]):
+        inside = any(begin <= start and end <= stop for begin, stop in regions) and end > start
+        labels.append(token if inside else -100)
     return ids[:max_length], labels[:max_length]
 
 
@@ -125,9 +149,7 @@ def _batches(encoded: list, batch_size: int, pad_id: int) -> list[dict]:
 
 
 def prepare_chat(config: FinetuneChatConfig):
-    from transformers import AutoModelForCausalLM
-
-    from lmforge.models import from_pretrained, load_tokenizer, resolve_model_path
+    from lmforge.models import load_tokenizer, resolve_model_path
     from lmforge.training.loop import TaskSpec, seed_everything
 
     resolve_model_path(config.model)
@@ -135,10 +157,10 @@ def prepare_chat(config: FinetuneChatConfig):
     tokenizer = load_tokenizer(config.model)
     run = RunDir.create(config.out, overwrite=config.overwrite, resume=config.resume)
     seed_everything(config.train.seed)
-    model = from_pretrained(AutoModelForCausalLM, config.model, attn_implementation="sdpa")
-    ensure_chat_tokens(tokenizer, model)
-    end_of_turn = tokenizer.convert_tokens_to_ids(IM_END)
-    eos_ids = sorted({end_of_turn, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])})
+    decoder = load_decoder(config, tokenizer, prepare_tokenizer=ensure_chat_tokens)
+    model = decoder.model
+    ends = [tokenizer.get_vocab()[IM_END]] if IM_END in tokenizer.get_vocab() else []  # ChatML's end of turn
+    eos_ids = sorted({*ends, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])})
     model.generation_config.eos_token_id = eos_ids
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     train_enc = [encode_conversation(tokenizer, c, config.max_length) for c in train_data.items]
@@ -155,7 +177,7 @@ def prepare_chat(config: FinetuneChatConfig):
         name="finetune chat",
         model=lm_objective(model),
         train_data=ChatBatches(train_enc, config.train.batch_size, config.train.seed, pad_id),
-        save_model=hf_saver(tokenizer, unwrap=lambda wrapper: wrapper.model),
+        save_model=decoder.save,
         evaluate=lambda wrapper: score_lm(wrapper.model, dev_batches),
         best_metric="loss",
         greater_is_better=False,
@@ -183,6 +205,6 @@ def evaluate_chat(run: RunDir, info: dict, options: EvalOptions) -> dict:
 TASK = register(Task(
     name="chat", stage="finetune", config=FinetuneChatConfig, train=finetune_chat, evaluate=evaluate_chat,
     summary="Fine-tune a causal LM into a chatbot on multi-turn conversations (loss on assistant turns only).",
-    pipeline="text-generation", routes=("openai",), flags=("model", "data", "eval", "max_length"),
+    pipeline="text-generation", routes=("openai",), flags=("model", "data", "eval", "max_length", "lora.enabled"),
     metrics=("perplexity", "token_accuracy", "loss", "n"),
 ))

@@ -14,19 +14,18 @@ import logging
 import numpy as np
 from pydantic import Field
 
-from lmforge.config import FinetuneConfig, GenerativeTrainConfig
+from lmforge.config import DecoderFinetuneConfig
 from lmforge.data.conversations import CodeRows, load_code
 from lmforge.errors import DataError
 from lmforge.rundir import RunDir
 from lmforge.tasks.common import bundled_dev_split, data_info, training_stage
-from lmforge.tasks.lm import eos_id, fixed_windows, packed_lm_task, score_lm
+from lmforge.tasks.lm import eos_id, fixed_windows, load_decoder, packed_lm_task, score_lm
 from lmforge.tasks.registry import EvalOptions, Task, register
 
 log = logging.getLogger("lmforge")
 
 
-class FinetuneCodeConfig(FinetuneConfig):
-    model: str = Field(description="a causal LM: run dir (e.g. from pretrain --objective clm), HF folder or hub id")
+class FinetuneCodeConfig(DecoderFinetuneConfig):
     data: str = Field("code", description="Python functions: rows with a 'code' field (docstring -> function)")
     eval: str | None = Field(
         None, description="dev rows (default: the bundled dev split, else a held-out share of the training data)"
@@ -34,7 +33,6 @@ class FinetuneCodeConfig(FinetuneConfig):
     code_field: str = Field("code", description="field holding the function source")
     seq_len: int = Field(256, ge=16, description="tokens per packed training sequence")
     dev_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of rows held out when no dev data")
-    train: GenerativeTrainConfig = Field(default_factory=GenerativeTrainConfig, description="training loop")
 
 # a function ends where a line starts at column 0; these cover what usually follows one
 STOP = ["\ndef ", "\nclass ", "\n@", "\nif __name__", "\n#", "\nimport ", "\nfrom ", "\nasync def "]
@@ -88,9 +86,7 @@ def cut_function(completion: str) -> str:
 
 
 def prepare_code(config: FinetuneCodeConfig):
-    from transformers import AutoModelForCausalLM
-
-    from lmforge.models import from_pretrained, load_tokenizer, resolve_model_path
+    from lmforge.models import load_tokenizer, resolve_model_path
     from lmforge.training.loop import seed_everything
 
     resolve_model_path(config.model)
@@ -113,7 +109,8 @@ def prepare_code(config: FinetuneCodeConfig):
                         f"{config.train.batch_size} x {config.seq_len}", fix="lower --set seq_len or add code")
     run = RunDir.create(config.out, overwrite=config.overwrite, resume=config.resume)
     seed_everything(config.train.seed)
-    model = from_pretrained(AutoModelForCausalLM, config.model, attn_implementation="sdpa")
+    decoder = load_decoder(config, tokenizer)
+    model = decoder.model
     dev_batches = fixed_windows(code_stream(tokenizer, dev_rows, config.code_field), config.seq_len, 256,
                                 config.train.batch_size)
     run.write_info(
@@ -123,7 +120,7 @@ def prepare_code(config: FinetuneCodeConfig):
     )
     spec = packed_lm_task("finetune code", model, tokenizer, stream, config.seq_len, config.train.batch_size,
                           config.train.seed, dev_batches, best_metric="loss" if dev_batches else None,
-                          greater_is_better=False)
+                          greater_is_better=False, save_model=decoder.save)
     return spec, run, {}
 
 
@@ -180,6 +177,6 @@ def evaluate_code(run: RunDir, info: dict, options: EvalOptions, *, max_new_toke
 TASK = register(Task(
     name="code", stage="finetune", config=FinetuneCodeConfig, train=finetune_code, evaluate=evaluate_code,
     summary="Continue training a causal LM on Python functions (docstring -> function) for code completion.",
-    pipeline="text-generation", routes=("openai",), flags=("model", "data", "eval", "seq_len"),
+    pipeline="text-generation", routes=("openai",), flags=("model", "data", "eval", "seq_len", "lora.enabled"),
     metrics=("pass_at_1", "parse_rate", "chrf", "perplexity", "loss", "n"),
 ))

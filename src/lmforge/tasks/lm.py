@@ -7,7 +7,11 @@ imported inside the functions that need it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -100,6 +104,54 @@ def score_lm(model, batches: list[dict]) -> dict[str, float]:
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "token_accuracy": correct / max(1, count)}
 
 
+# defaults for fine-tuning a pretrained decoder: what LoRA needs, and what full fine-tuning can take without undoing
+# an instruction-tuned model's training
+LORA_LR, FULL_LR = 2e-4, 5e-5
+
+
+@dataclass
+class Decoder:
+    """A causal LM ready to fine-tune: ``model`` is the HF model the loop trains (LoRA layers injected when asked),
+    ``save`` writes the run's model folder."""
+
+    model: Any
+    tokenizer: Any
+    save: Callable[[Any, Path], None]
+
+
+def load_decoder(config, tokenizer, prepare_tokenizer: Callable[[Any, Any], None] | None = None) -> Decoder:
+    """The causal LM ``config.model`` (full fine-tuning, or LoRA adapters with ``config.lora``), and the learning rate
+    its default says. A LoRA run saves the merged model (plain transformers loads it) and the adapter in
+    ``model/adapter`` (peft loads it onto the base model)."""
+    from transformers import AutoModelForCausalLM
+
+    from lmforge.models import from_pretrained
+    from lmforge.tasks.common import hf_saver
+
+    model = from_pretrained(AutoModelForCausalLM, config.model, attn_implementation="sdpa")
+    if prepare_tokenizer is not None:
+        prepare_tokenizer(tokenizer, model)
+    lora = config.lora
+    if config.train.lr is None:
+        config.train.lr = LORA_LR if lora.enabled else FULL_LR
+    if not lora.enabled:
+        return Decoder(model, tokenizer, hf_saver(tokenizer, unwrap=lambda wrapper: wrapper.model))
+    from peft import LoraConfig, get_peft_model
+
+    adapted = get_peft_model(model, LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                               target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+
+    def save(wrapper, path: Path) -> None:
+        import copy
+
+        merged = copy.deepcopy(adapted).merge_and_unload()  # a copy: training goes on with the adapters
+        merged.save_pretrained(path, safe_serialization=True)
+        tokenizer.save_pretrained(path)
+        adapted.save_pretrained(path / "adapter", safe_serialization=True)
+
+    return Decoder(adapted.get_base_model(), tokenizer, save)
+
+
 def packed_lm_task(name: str, model, tokenizer, stream: np.ndarray, seq_len: int, batch_size: int, seed: int,
                    eval_batches: list[dict], **options):
     """The loop's TaskSpec for a causal LM trained on full windows of a token stream (pretraining, code): the
@@ -107,11 +159,11 @@ def packed_lm_task(name: str, model, tokenizer, stream: np.ndarray, seq_len: int
     from lmforge.tasks.common import hf_saver
     from lmforge.training.loop import TaskSpec
 
+    options.setdefault("save_model", hf_saver(tokenizer, unwrap=lambda wrapper: wrapper.model))
     return TaskSpec(
         name=name,
         model=lm_objective(model),
         train_data=PackedWindows(stream, seq_len, batch_size, seed),
-        save_model=hf_saver(tokenizer, unwrap=lambda wrapper: wrapper.model),
         evaluate=(lambda wrapper: score_lm(wrapper.model, eval_batches)) if eval_batches else None,
         count_tokens=lambda b: b["input_ids"].numel(),
         eval_size=sum(len(b["input_ids"]) for b in eval_batches),
