@@ -157,7 +157,7 @@ def chat_run(gpt_run, tmp_path_factory) -> Path:
     from lmforge.tasks.chat import FinetuneChatConfig, finetune_chat
 
     folder = tmp_path_factory.mktemp("chat")
-    rows = read_jsonl_gz(BUNDLED / "dialogue" / "chatterbot_en.jsonl.gz", 80)
+    rows = read_jsonl_gz(BUNDLED / "dialogue" / "chatterbot_en.train.jsonl.gz", 80)
     data = write_jsonl(folder / "dialogue.jsonl", rows)
     out = folder / "run"
     finetune_chat(FinetuneChatConfig.model_validate({

@@ -364,9 +364,12 @@ app.command("chat")(sampling_command(
 
 @app.command()
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="run dir", metavar="RUN")],
+    run: Annotated[Path, typer.Argument(help="run dir, or any model (e.g. smollm2: zero-shot; with --task)",
+                                        metavar="RUN")],
     data: Annotated[str | None, typer.Option("--data", metavar="DATA", help="data to score on: a file or bundled name[:split] "
                                                 "(default: the task's own, e.g. the run's held-out text)")] = None,
+    task: Annotated[str | None, typer.Option("--task", metavar="TASK", help="evaluate as this task (e.g. code, chat; "
+                                             "default: the run's)")] = None,
     text_field: Annotated[str | None, typer.Option("--text-field", metavar="FIELD", help="text field (default: the run's)")] = None,
     label_field: Annotated[str | None, typer.Option("--label-field", metavar="FIELD", help="label field (default: the run's)")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", help="examples per forward pass")] = 64,
@@ -378,8 +381,8 @@ def evaluate(
     writes RUN/eval.json."""
     from lmforge.stages import evaluate as run_evaluation
 
-    result = run_evaluation(run, data, text_field=text_field, label_field=label_field, batch_size=batch_size,
-                            limit=limit)
+    result = run_evaluation(run, data, task=task, text_field=text_field, label_field=label_field,
+                            batch_size=batch_size, limit=limit)
     if as_json:
         _echo_json(result)
         return
@@ -582,7 +585,8 @@ def _print_eval(result: dict) -> None:
         shown = {k: v for k, v in result.items() if not isinstance(v, (list, dict)) and v is not None}
         console.print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()),
                       markup=False)
-    console.print(f"written: {Path(result['run']) / 'eval.json'}", markup=False)
+    if (Path(result["run"]) / "lmforge.yaml").exists():
+        console.print(f"written: {Path(result['run']) / 'eval.json'}", markup=False)
 
 
 # ------------------------------------------------------------------------------------- entry point

@@ -48,17 +48,42 @@ def finetune(task_name: str, config: BaseModel, *, show_progress: bool = True, s
     return task.train(_as(config, task), show_progress=show_progress, started=started)
 
 
-def evaluate(run: str | Path, data: str | None = None, *, text_field: str | None = None,
+class ModelFolder(RunDir):
+    """A model that is not a run dir (an HF folder, a hub id, smollm2) evaluated like one: its plots go to a
+    scratch folder and no eval.json is written beside it."""
+
+    def __init__(self, model_dir: Path, scratch: Path) -> None:
+        super().__init__(scratch)
+        self._model_dir = Path(model_dir)
+
+    model_dir = property(lambda self: self._model_dir)
+
+
+def evaluate(run: str | Path, data: str | None = None, *, task: str | None = None, text_field: str | None = None,
              label_field: str | None = None, batch_size: int = 64, limit: int | None = None,
              write: bool = True) -> dict:
-    """Score a run with its task's metrics; writes ``RUN/eval.json`` (and the task's plots) and returns the metrics."""
-    rd = RunDir.open(run)
-    info = rd.info()
-    task = registry.get(info.get("task"), where=str(rd.config_path))
+    """Score a run with its task's metrics (or ``task``'s); writes ``RUN/eval.json`` (and the task's plots) and
+    returns the metrics. ``run`` may also be any model lmforge loads (e.g. ``smollm2``, zero-shot): then ``task``
+    says which evaluation (default: the one its architecture maps to) and nothing is written."""
+    import tempfile
+
     options = EvalOptions(data=data, text_field=text_field, label_field=label_field, batch_size=batch_size,
                           limit=limit)
-    result = task.evaluate(rd, info, options)
-    result = {"run": str(rd.root), "task": task.name, "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **result}
+    if (Path(run) / RUN_FILE).exists():
+        rd, scratch = RunDir.open(run), None
+        info = rd.info()
+        chosen = registry.get(task or info.get("task"), where="--task" if task else str(rd.config_path))
+    else:
+        found, model_dir, info = resolve_task(run)
+        chosen = registry.get(task, where="--task") if task else found
+        scratch = tempfile.TemporaryDirectory(prefix="lmforge-eval-")
+        rd, write = ModelFolder(model_dir, Path(scratch.name)), False
+    try:
+        result = chosen.evaluate(rd, info, options)
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
+    result = {"run": str(run), "task": chosen.name, "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **result}
     if write:
         write_json(rd.eval_path, result)
     return result

@@ -81,9 +81,10 @@ def test_bad_conversations_are_reported_with_lines(tmp_path):
     assert f"{path}:4: no assistant message" in message
 
 
-def test_bundled_dialogue_loads():
-    data = load_conversations("dialogue")
-    assert len(data) == 898 and data.items[0][0]["role"] == "user"
+def test_bundled_dialogue_loads_with_a_held_out_dev_split():
+    train, dev = load_conversations("dialogue"), load_conversations("dialogue:dev")
+    assert (len(train), len(dev)) == (808, 90) and train.items[0][0]["role"] == "user"
+    assert not {str(c) for c in train.items} & {str(c) for c in dev.items}
 
 
 # the template SmolLM2-Instruct ships: a default system message when the conversation has none

@@ -20,7 +20,7 @@ from lmforge.data.batching import length_grouped_batches
 from lmforge.data.conversations import Conversations, load_conversations
 from lmforge.errors import DataError
 from lmforge.rundir import RunDir
-from lmforge.tasks.common import data_info, load_run_model, run_config, training_stage
+from lmforge.tasks.common import bundled_dev_split, data_info, load_run_model, run_config, training_stage
 from lmforge.tasks.lm import lm_objective, load_decoder, score_lm
 from lmforge.tasks.registry import EvalOptions, Task, register
 
@@ -29,7 +29,8 @@ log = logging.getLogger("lmforge")
 
 class FinetuneChatConfig(DecoderFinetuneConfig):
     data: str = Field("dialogue", description="conversations: {\"messages\": [{role, content}, ...]} per row")
-    eval: str | None = Field(None, description="dev conversations (default: a held-out share of the training data)")
+    eval: str | None = Field(None, description="dev conversations (default: the bundled dev split, else a held-out "
+                             "share of the training data)")
     dev_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of conversations held out when no dev data")
     max_length: int = Field(512, ge=16, description="truncate conversations to this many tokens")
 
@@ -136,8 +137,9 @@ def split_conversations(data: Conversations, fraction: float, seed: int) -> tupl
 
 def _split(config: FinetuneChatConfig) -> tuple[Conversations, Conversations]:
     data = load_conversations(config.data)
-    if config.eval:
-        return data, load_conversations(config.eval)
+    dev = bundled_dev_split(config.data, config.eval)
+    if dev:
+        return data, load_conversations(dev)
     if len(data) < 2:
         raise DataError(f"{config.data} has {len(data)} conversation(s); need at least 2 to hold one out",
                         fix="add conversations, or give dev data with --eval")
@@ -194,10 +196,17 @@ def evaluate_chat(run: RunDir, info: dict, options: EvalOptions) -> dict:
     """Loss and perplexity on the assistant turns of ``options.data`` (default: the run's held-out conversations)."""
     from transformers import AutoModelForCausalLM
 
-    config = run_config(FinetuneChatConfig, info)
-    conversations = load_conversations(options.data) if options.data else _split(config)[1]
+    if options.data:
+        conversations = load_conversations(options.data)
+    elif info.get("config"):
+        conversations = _split(run_config(FinetuneChatConfig, info))[1]
+    else:
+        raise DataError("a model that is not a chat run has no held-out conversations of its own", where="--data",
+                        fix="give conversations, e.g. --data dialogue")
+    max_length = (info.get("config") or {}).get("max_length", FinetuneChatConfig.model_fields["max_length"].default)
     tokenizer, model = load_run_model(run, AutoModelForCausalLM)
-    encoded = [encode_conversation(tokenizer, c, config.max_length) for c in conversations.items]
+    ensure_chat_tokens(tokenizer)
+    encoded = [encode_conversation(tokenizer, c, max_length) for c in conversations.items]
     return {"data": conversations.spec, "n": len(encoded),
             **score_lm(model, _batches(encoded, 16, tokenizer.pad_token_id))}
 
