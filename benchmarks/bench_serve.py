@@ -1,10 +1,15 @@
-"""Load test of `lmforge serve` on loopback: requests/s and p50/p99 latency with micro-batching on and off.
+"""Load tests of `lmforge serve` on loopback, bounded in count and time.
 
-Bounded in count and time. Each request classifies one real movie review; C clients send concurrently.
+Classification: requests/s and p50/p99 latency with micro-batching on and off; each request classifies one real
+movie review; C clients send concurrently. Without --run, a MiniLM classifier is fine-tuned for a few steps first.
 
     python benchmarks/bench_serve.py [--run RUN] [--requests 300] [--concurrency 16] [--max-seconds 60]
 
-Without --run, a MiniLM classifier is fine-tuned for a few steps first (its accuracy does not matter here).
+Chat: S concurrent streaming chat completions (OpenAI route, SSE) against a generative model, e.g. the embedded
+smollm2: tokens/s over all streams, p50/p99 time to first token, errors; with concurrent requests decoded as one
+batch (the default, up to 8 sequences) and one at a time (--generation-batch 1).
+
+    python benchmarks/bench_serve.py --chat smollm2 [--streams 16] [--chat-requests 32] [--max-tokens 64]
 """
 
 from __future__ import annotations
@@ -67,13 +72,90 @@ def mean_batch(url: str) -> float:
     return total / count if count else 0.0
 
 
+CHAT_QUESTIONS = ["What is the capital of France?", "Give me two tips for learning a language.",
+                  "What does a compiler do?", "Name three colors of the rainbow.", "Why is the sky blue?",
+                  "Write one sentence about the sea.", "What is photosynthesis?", "How do I boil an egg?"]
+
+
+async def chat_load(url: str, model: str, total: int, streams: int, max_tokens: int, max_seconds: float) -> dict:
+    first_tokens: list[float] = []
+    tokens, errors, sent = 0, {}, 0
+    deadline = time.monotonic() + max_seconds
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal tokens, sent
+        while sent < total and time.monotonic() < deadline:
+            question = CHAT_QUESTIONS[sent % len(CHAT_QUESTIONS)]
+            sent += 1
+            body = {"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
+                    "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+            start, first = time.perf_counter(), None
+            try:
+                async with http.stream("POST", url + "/v1/chat/completions", json=body) as response:
+                    if response.status_code != 200:
+                        errors[str(response.status_code)] = errors.get(str(response.status_code), 0) + 1
+                        continue
+                    async for line in response.aiter_lines():
+                        if not line.startswith("data: {"):
+                            continue
+                        chunk = json.loads(line[6:])
+                        if first is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                            first = time.perf_counter() - start
+                        if chunk.get("usage"):
+                            tokens += chunk["usage"]["completion_tokens"]
+            except httpx.HTTPError as exc:
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                continue
+            if first is not None:
+                first_tokens.append(first)
+
+    limits = httpx.Limits(max_connections=streams, max_keepalive_connections=streams)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*[client(http) for _ in range(streams)])
+        elapsed = time.perf_counter() - started
+    first_tokens.sort()
+    q = lambda p: first_tokens[min(len(first_tokens) - 1, int(p * len(first_tokens)))] if first_tokens else float("nan")
+    return {"requests": len(first_tokens), "errors": errors, "seconds": elapsed, "tokens_per_s": tokens / elapsed,
+            "first_token_p50_s": q(0.5), "first_token_p99_s": q(0.99)}
+
+
+def main_chat(args) -> None:
+    rows = {}
+    for mode, batch in (("batched (8)", "8"), ("one at a time", "1")):
+        with LiveServer(args.chat, "--generation-batch", batch, "--max-in-flight", str(4 * args.streams)) as server:
+            warm = {"model": args.chat, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+            httpx.post(server.url + "/v1/chat/completions", json=warm, timeout=300)
+            rows[mode] = asyncio.run(chat_load(server.url, args.chat, args.chat_requests, args.streams,
+                                               args.max_tokens, args.max_seconds))
+            rows[mode]["mean_batch"] = mean_batch(server.url)
+    print(f"\n== chat load test: {args.chat}, {args.streams} concurrent streams, {args.chat_requests} chat completions "
+          f"of up to {args.max_tokens} tokens (greedy), loopback")
+    print(f"   {'mode':16s} {'tokens/s':>9s} {'TTFT p50':>9s} {'TTFT p99':>9s} {'batch':>6s} {'ok':>4s}  errors")
+    for mode, r in rows.items():
+        print(f"   {mode:16s} {r['tokens_per_s']:9.1f} {r['first_token_p50_s']:8.2f}s {r['first_token_p99_s']:8.2f}s "
+              f"{r['mean_batch']:6.1f} {r['requests']:4d}  {r['errors'] or 0}")
+    out = Path(__file__).parent / "out"
+    out.mkdir(exist_ok=True)
+    (out / "serve_chat_load.json").write_text(json.dumps({"benchmark": "serve_chat_load", **vars(args),
+                                                          "results": rows}, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run", default=None)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-seconds", type=float, default=60)
+    parser.add_argument("--chat", default=None, help="a generative model to load-test with streaming chat")
+    parser.add_argument("--streams", type=int, default=16)
+    parser.add_argument("--chat-requests", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=64)
     args = parser.parse_args()
+    if args.chat:
+        args.max_seconds = max(args.max_seconds, 600)
+        main_chat(args)
+        return
 
     run = args.run
     if run is None:

@@ -278,7 +278,7 @@ def test_an_error_while_streaming_ends_with_an_error_event_and_done(local_app, r
     app, c = local_app
     generator = app.state.registry.models[ROUTES[route]["model"]].pipeline.generator
 
-    def failing(prompts, params, cancel=None):
+    def failing(prompts, params, cancel=None, rows=None):
         yield Delta(0, "half")
         raise RuntimeError("the accelerator fell over")
 

@@ -42,6 +42,16 @@ class SamplingParams:
 
 
 @dataclass
+class RowOptions:
+    """What one sequence of a batch may have of its own when requests are decoded together (the server batches
+    concurrent requests): its length limit, stop strings and a cancel flag (a client that went away)."""
+
+    max_new_tokens: int
+    stop: list[str] = field(default_factory=list)
+    cancel: threading.Event | None = None
+
+
+@dataclass
 class Delta:
     """A piece of streamed output for one sequence; ``finish_reason`` is set exactly once, on its last delta,
     which also carries the token counts."""
@@ -417,8 +427,11 @@ class TextGenerator:
 
     @torch.inference_mode()
     def stream(self, prompts: list[str] | list[list[int]], params: SamplingParams,
-               cancel: threading.Event | None = None) -> Iterator[Delta]:
+               cancel: threading.Event | None = None, rows: list[RowOptions] | None = None) -> Iterator[Delta]:
+        """Decode ``prompts`` as one left-padded batch. ``params`` sets the sampling for all of them; ``rows`` (one
+        per prompt) may give each its own max_new_tokens, stop strings and cancel flag instead of ``params``'s."""
         encoded = [self.encode(p) if isinstance(p, str) else list(p) for p in prompts]
+        rows = rows or [RowOptions(params.max_new_tokens, params.stop, cancel) for _ in encoded]
         if any(len(e) == 0 for e in encoded):
             bos = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.pad_id
             encoded = [e or [bos] for e in encoded]
@@ -432,7 +445,9 @@ class TextGenerator:
         generator = None
         if params.seed is not None and not params.greedy:
             generator = torch.Generator(device=self.device).manual_seed(params.seed)
-        rows = [_Row(self.tokenizer, params.stop) for _ in range(batch)]
+        limits = [max(1, min(o.max_new_tokens, self.context - width)) for o in rows]
+        cancels = [o.cancel for o in rows]
+        rows = [_Row(self.tokenizer, o.stop) for o in rows]
         vocab = self.model.get_output_embeddings().weight.shape[0]
         seen = None
         if params.repetition_penalty != 1.0:
@@ -440,7 +455,7 @@ class TextGenerator:
             seen.scatter_(1, ids, mask.bool())
         eos = torch.tensor(self.eos_ids or [-1], device=self.device)
         done = torch.zeros(batch, dtype=torch.bool, device=self.device)
-        max_new = max(1, min(params.max_new_tokens, self.context - width))
+        max_new = max(limits)
         with self.lock:  # one generation at a time per model: caches and weights are shared
             engine = self._engine()
             logits = engine.prefill(ids, mask, width + max_new)
@@ -459,15 +474,17 @@ class TextGenerator:
                         row.finish = "stop"
                     else:
                         row.add(host_tokens[r])
-                    if row.finish is None and step == max_new - 1:
+                    if row.finish is None and row.generated >= limits[r]:
                         row.finish = "length"
+                    if row.finish is None and cancels[r] is not None and cancels[r].is_set():
+                        row.finish = "cancelled"  # its client went away: the others go on
                     piece = row.pending(final=row.finish is not None)
                     if row.finish:
                         yield Delta(r, piece, row.finish, len(encoded[r]), row.generated)
                     elif piece:
                         yield Delta(r, piece)
                 done = torch.tensor([row.finish is not None for row in rows], device=self.device)
-                if bool(done.all()) or (cancel is not None and cancel.is_set()):
+                if bool(done.all()):
                     break
                 logits = engine.step(torch.where(done, torch.full_like(tokens, self.pad_id), tokens))
         for r, row in enumerate(rows):  # cancelled: close every open sequence exactly once

@@ -72,8 +72,9 @@ def create_app(models: list[str] | list[tuple[str, Path]], settings: ServeSettin
             registry.load_all()
         yield
         for served in registry.models.values():
-            if served.batcher:
-                await served.batcher.close()
+            for batcher in (served.batcher, served.generation):
+                if batcher:
+                    await batcher.close()
         registry.shutdown()
 
     app = FastAPI(

@@ -96,3 +96,113 @@ class MicroBatcher:
                 pass
             except Exception:
                 log.exception("the micro-batching worker had stopped with an error")
+
+
+@dataclass
+class _Stream:
+    prompts: list[Any]
+    params: Any  # SamplingParams
+    cancel: Any  # threading.Event
+    queue: asyncio.Queue = field(repr=False)
+
+
+END = object()  # the last item on a request's queue
+
+
+class GenerationBatcher:
+    """Concurrent generation requests for one model, decoded as one batch: requests that arrive while a batch is
+    running (or within ``max_wait_ms`` of each other) and sample alike (temperature, top-k, top-p, repetition
+    penalty; no seed) share the next one, each with its own length limit, stop strings and cancel flag. Decoding a
+    batch of 8 costs little more than one sequence on a CPU (SmolLM2: 160 against 58 tokens/s in all), so under
+    load this multiplies throughput. A seeded request runs alone, so its sampling stays reproducible."""
+
+    def __init__(self, generator, executor: ThreadPoolExecutor, *, max_rows: int, max_wait_ms: float,
+                 on_batch: Callable[[int], None] | None = None) -> None:
+        self.generator, self.executor = generator, executor
+        self.max_rows, self.max_wait = max_rows, max_wait_ms / 1000.0
+        self.on_batch = on_batch
+        self._pending: list[_Stream] = []
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+
+    @staticmethod
+    def _key(params) -> tuple | None:
+        if params.seed is not None:
+            return None  # reproducible sampling needs its own random stream
+        return (params.temperature, params.top_k, params.top_p, params.repetition_penalty, params.ignore_eos)
+
+    async def stream(self, prompts: list[Any], params, cancel):
+        """Deltas of this request's prompts (``index`` counts within them), as they are decoded."""
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done():
+            self._wake = asyncio.Event()
+            self._task = loop.create_task(self._worker())
+        request = _Stream(list(prompts), params, cancel, asyncio.Queue())
+        self._pending.append(request)
+        self._wake.set()
+        while True:
+            item = await request.queue.get()
+            if item is END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _take(self) -> list[_Stream]:
+        """The oldest request and those that can share its batch."""
+        first = self._pending.pop(0)
+        batch, key, rows = [first], self._key(first.params), len(first.prompts)
+        if key is not None:
+            for other in list(self._pending):
+                if self._key(other.params) == key and rows + len(other.prompts) <= self.max_rows:
+                    self._pending.remove(other)
+                    batch.append(other)
+                    rows += len(other.prompts)
+        return batch
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+            await asyncio.sleep(self.max_wait)  # let the requests sent together arrive together
+            batch = [r for r in self._take() if not r.cancel.is_set()]
+            if not batch:
+                continue
+            if self.on_batch:
+                self.on_batch(sum(len(r.prompts) for r in batch))
+            try:
+                await loop.run_in_executor(self.executor, self._decode, batch, loop)
+            except Exception as exc:  # noqa: BLE001 - whatever decoding raised, every request in the batch hears it
+                for request in batch:
+                    loop.call_soon_threadsafe(request.queue.put_nowait, exc)
+            for request in batch:
+                loop.call_soon_threadsafe(request.queue.put_nowait, END)
+
+    def _decode(self, batch: list[_Stream], loop) -> None:
+        """On the model's worker thread: one batched decode, each delta handed to its own request's queue."""
+        from dataclasses import replace
+
+        from lmforge.inference.generation import RowOptions
+
+        owners, prompts, rows = [], [], []
+        for request in batch:
+            for index, prompt in enumerate(request.prompts):
+                owners.append((request, index))
+                prompts.append(prompt)
+                rows.append(RowOptions(request.params.max_new_tokens, request.params.stop, request.cancel))
+        shared = replace(batch[0].params, max_new_tokens=max(r.max_new_tokens for r in rows))
+        for delta in self.generator.stream(prompts, shared, rows=rows):
+            request, index = owners[delta.index]
+            loop.call_soon_threadsafe(request.queue.put_nowait, replace(delta, index=index))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                log.exception("the generation batching worker had stopped with an error")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmforge.serve.batching import MicroBatcher
+from lmforge.serve.batching import GenerationBatcher, MicroBatcher
 
 log = logging.getLogger("lmforge")
 
@@ -24,6 +24,7 @@ class ServedModel:
     batcher: MicroBatcher | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     error: str | None = None
+    generation: GenerationBatcher | None = None  # generative models: concurrent requests decoded as one batch
     routes: tuple[str, ...] = ()  # the server routes that answer this model (from its task in the task registry)
     card_metrics: tuple[str, ...] = ()  # eval.json keys its model card shows (ditto)
 
@@ -69,6 +70,12 @@ class ModelRegistry:
                 served.pipeline = load(served.path, name=served.name, precision=self.settings.precision)
                 task = registry.get(served.pipeline.task)
                 served.routes, served.card_metrics = task.routes, task.metrics
+                if hasattr(served.pipeline, "generator"):
+                    served.generation = GenerationBatcher(
+                        served.pipeline.generator, served.executor, max_rows=self.settings.generation_batch,
+                        max_wait_ms=self.settings.batch_wait_ms,
+                        on_batch=lambda n, name=served.name: self.metrics.batch_size.labels(name).observe(n),
+                    )
                 if served.pipeline.batchable:
                     served.batcher = MicroBatcher(
                         self._runner(served), served.executor,

@@ -189,35 +189,15 @@ def _generative(registry, name: str) -> ServedModel:
 
 async def _run_stream(served: ServedModel, prompts: list, params: SamplingParams, cancel: threading.Event,
                       metrics) -> AsyncIterator[Delta]:
-    """Generate on the model's worker thread, handing deltas to the event loop as they come."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    done = object()
-
-    def work() -> None:
-        try:
-            for delta in served.pipeline.generator.stream(prompts, params, cancel=cancel):
-                loop.call_soon_threadsafe(queue.put_nowait, delta)
-        except Exception as exc:  # noqa: BLE001 - any failure is handed to the caller, which reports it
-            loop.call_soon_threadsafe(queue.put_nowait, exc)
-        finally:
-            loop.call_soon_threadsafe(queue.put_nowait, done)
-
-    future = loop.run_in_executor(served.executor, work)
+    """Generate on the model's worker thread (batched with concurrent requests that sample alike), handing deltas to
+    the event loop as they come."""
     try:
-        while True:
-            item = await queue.get()
-            if item is done:
-                break
-            if isinstance(item, Exception):
-                raise item
+        async for item in served.generation.stream(prompts, params, cancel):
             if item.finish_reason:
                 metrics.generated_tokens.labels(served.name).inc(item.completion_tokens)
             yield item
     finally:
-        cancel.set()  # a client that went away stops generation at the next token (the worker frees itself)
-        # retrieve the outcome, so nothing is logged as unhandled; a future cancelled at shutdown has none to retrieve
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        cancel.set()  # a client that went away stops its sequence at the next token; the batch goes on
 
 
 async def _collect(stream: AsyncIterator[Delta], count: int) -> tuple[list[str], list[str], list[int]]:
