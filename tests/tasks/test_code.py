@@ -7,7 +7,7 @@ import json
 import pytest
 
 from lmforge.evaluation.sandbox import run_doctests
-from lmforge.tasks.code import cut_function, split_prompt
+from lmforge.tasks.code import cut_function, defines_body, split_prompt
 
 CODE = 'def double(x):\n    """Twice x.\n\n    >>> double(2)\n    4\n    """\n    return x * 2\n'
 DOC = "Twice x.\n\n>>> double(2)\n4"
@@ -100,3 +100,16 @@ def test_code_run_evaluation_runs_the_real_model(cli, code_run, tmp_path):
     generated = cli("generate", code_run, first["prompt"], "--temperature", "0", "--max-new-tokens", "128", *stops,
                     "--json")
     assert cut_function(json.loads(generated.out)["text"]) == first["completion"]
+
+
+def test_a_chat_models_reply_gives_the_body_of_the_asked_function():
+    from lmforge.tasks.code import body_from_reply
+
+    reply = ("Sure:\n```python\ndef double(x):\n    \"\"\"Twice x.\"\"\"\n    y = x * 2\n    return y\n```\n"
+             "It doubles x.")
+    assert body_from_reply(reply, "double", "    ") == "    y = x * 2\n    return y\n"
+    cut_short = "```python\ndef double(x):\n    y = x * 2\n    return y +"  # generation stopped mid-line
+    assert body_from_reply(cut_short, "double", "    ") == "    y = x * 2\n"
+    assert body_from_reply("```python\ndef other(x):\n    return x\n```", "double", "    ") == ""
+    assert body_from_reply("I cannot help with that.", "double", "    ") == ""
+    assert defines_body(split_prompt(CODE)[0], body_from_reply(reply, "double", "    "))

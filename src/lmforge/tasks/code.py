@@ -75,6 +75,12 @@ def defines_body(prompt: str, body: str) -> bool:
     return isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)) and len(func.body) >= 2
 
 
+def _indent(prompt: str) -> str:
+    """The indentation of the function's body: its docstring's last line's."""
+    last = prompt.rstrip("\n").splitlines()[-1]
+    return last[: len(last) - len(last.lstrip())]
+
+
 def cut_function(completion: str) -> str:
     """Keep the body: stop at the first non-empty line that starts at column 0."""
     out = []
@@ -83,6 +89,36 @@ def cut_function(completion: str) -> str:
             break
         out.append(line)
     return "".join(out).rstrip() + "\n"
+
+
+CHAT_INSTRUCTION = "Complete this Python function. Reply with the whole function in a ```python code block."
+
+
+def body_from_reply(reply: str, name: str, indent: str) -> str:
+    """The body (after the docstring) of function ``name`` in a chat reply, indented by ``indent``: the code block's
+    function, cut back to its last complete line when generation stopped inside it. Empty when there is none."""
+    import re
+    import textwrap
+
+    block = re.search(r"```(?:python|py)?\n(.*?)(?:```|$)", reply, re.DOTALL)
+    lines = (block.group(1) if block else reply).splitlines()
+    for end in range(len(lines), 0, -1):  # the longest prefix that parses
+        try:
+            tree = ast.parse("\n".join(lines[:end]))
+        except SyntaxError:
+            continue
+        func = next((n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+                     and n.name == name), None)
+        if func is None:
+            return ""
+        first = func.body[0]
+        has_doc = isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant)
+        statements = func.body[1:] if has_doc else func.body
+        if not statements:
+            return ""
+        body = textwrap.dedent("\n".join(lines[statements[0].lineno - 1 : func.end_lineno]))
+        return textwrap.indent(body, indent).rstrip() + "\n"
+    return ""
 
 
 def prepare_code(config: FinetuneCodeConfig):
@@ -145,12 +181,22 @@ def evaluate_code(run: RunDir, info: dict, options: EvalOptions, *, max_new_toke
     items = [(r, pair) for r, pair in items if pair is not None][: options.limit or None]
     if not items:
         raise DataError(f"{spec} has no functions with a docstring to prompt with", fix="check the code field")
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=STOP)
+    # a code run continues the function as it was trained to; a chat model (e.g. smollm2, zero-shot) is asked for it
+    chat = pipeline.has_chat_template and info.get("task") != "code"
+    params = SamplingParams(max_new_tokens=max_new_tokens * (2 if chat else 1), temperature=0.0,
+                            stop=[] if chat else STOP)
     completions = []
     for start in range(0, len(items), 8):
         chunk = items[start : start + 8]
-        outs = pipeline.generator.generate([pair[0] for _, pair in chunk], params)
-        completions += [cut_function(o.text) for o in outs]
+        if not chat:
+            outs = pipeline.generator.generate([pair[0] for _, pair in chunk], params)
+            completions += [cut_function(o.text) for o in outs]
+            continue
+        prompts = [pipeline.chat_prompt([{"role": "user", "content": f"{CHAT_INSTRUCTION}\n\n```python\n{p}```"}])
+                   for _, (p, _) in chunk]
+        outs = pipeline.generator.generate(prompts, params)
+        completions += [body_from_reply(o.text, r["name"].rpartition(".")[2], _indent(p))
+                        for (r, (p, _)), o in zip(chunk, outs)]
     parses = [defines_body(prompt, body) for (_, (prompt, _)), body in zip(items, completions)]
     chrf = sacrebleu.corpus_chrf(completions, [[pair[1] for _, pair in items]]).score
     # pass@1: top-level functions with doctests that the reference itself passes in the sandbox
@@ -169,7 +215,8 @@ def evaluate_code(run: RunDir, info: dict, options: EvalOptions, *, max_new_toke
     lm = score_lm(pipeline.model, fixed_windows(stream, int(config.get("seq_len", 256)), 256, 8))
     examples = [{"name": r.get("name"), "prompt": pair[0], "completion": body}
                 for (r, pair), body in list(zip(items, completions))[:5]]
-    return {"data": spec, "n": len(items), "parse_rate": sum(parses) / len(parses), "chrf": chrf,
+    return {"data": spec, "n": len(items), "prompting": "chat" if chat else "continuation",
+            "parse_rate": sum(parses) / len(parses), "chrf": chrf,
             "pass_at_1": passed / checked if checked else None, "doctest_functions": checked,
             "loss": lm["loss"], "perplexity": lm["perplexity"], "examples": examples}
 
