@@ -136,8 +136,12 @@ def load_decoder(config, tokenizer, prepare_tokenizer: Callable[[Any, Any], None
         config.train.lr = LORA_LR if lora.enabled else FULL_LR
     if not lora.enabled:
         return Decoder(model, tokenizer, hf_saver(tokenizer, unwrap=lambda wrapper: wrapper.model))
+    import warnings
+
     from peft import LoraConfig, get_peft_model
 
+    # peft asks transformers a deprecated question while wrapping; the warning is theirs and says nothing to a user
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     adapted = get_peft_model(model, LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                                target_modules=lora.target_modules, task_type="CAUSAL_LM"))
 
