@@ -291,3 +291,15 @@ def test_existing_output_is_refused_before_any_work(cli, tmp_path, tiny_corpus, 
     assert "tokeniz" not in result.err
     tok = cli("tokenizer", "train", "--corpus", tmp_path / "missing.txt", "--out", wordpiece_dir)
     assert tok.code == 2 and "already exists" in tok.err
+
+
+def test_long_reads_report_progress(cli, tmp_path, tiny_corpus):
+    """Tokenizer training and corpus tokenization take tens of seconds on a real corpus: neither is silent."""
+    out = tmp_path / "tok"
+    result = cli("tokenizer", "train", "--corpus", tiny_corpus, "--vocab-size", "300", "--out", out)
+    assert result.code == 0, result.text
+    assert "reading the corpus for the wordpiece tokenizer" in result.err and "done in" in result.err
+    from tests.helpers import pretrain_args
+
+    run = cli(*pretrain_args(tiny_corpus, out, tmp_path / "bert", "--max-steps", "1"))  # a new tokenizer: no cache
+    assert run.code == 0 and "tokenizing the corpus (once; cached)" in run.err
