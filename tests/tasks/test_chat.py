@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lmforge.data.conversations import load_conversations
 from lmforge.errors import DataError
-from lmforge.tasks.chat import IM_END, encode_conversation, ensure_chat_tokens
+from lmforge.tasks.chat_format import IM_END, encode_conversation, ensure_chat_tokens
 from tests.conftest import write_jsonl
 from tests.helpers import losses
 

@@ -113,3 +113,32 @@ def test_a_chat_models_reply_gives_the_body_of_the_asked_function():
     assert body_from_reply("```python\ndef other(x):\n    return x\n```", "double", "    ") == ""
     assert body_from_reply("I cannot help with that.", "double", "    ") == ""
     assert defines_body(split_prompt(CODE)[0], body_from_reply(reply, "double", "    "))
+
+
+def test_a_chat_model_learns_to_answer_a_request_for_a_function(tmp_path, tiny_llama_dir, cli):
+    """A model with a chat template is fine-tuned on requests answered with the function (the format evaluation
+    asks in); the loss falls and the learned tokens are the answer only."""
+    from transformers import AutoTokenizer
+
+    from lmforge.tasks.chat_format import encode_conversation
+    from lmforge.tasks.code import CHAT_INSTRUCTION, as_conversation
+    from tests.conftest import BUNDLED, read_jsonl_gz, write_jsonl
+    from tests.helpers import losses
+
+    conversation = as_conversation(CODE)
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    ids, labels = encode_conversation(tok, conversation, 512)
+    learned = tok.decode([t for t, label in zip(ids, labels) if label != -100])
+    assert learned.startswith("```python\ndef double(x):") and learned.endswith("```<|im_end|>")
+    assert CHAT_INSTRUCTION not in learned and learned.count("def double") == 1
+
+    rows = read_jsonl_gz(BUNDLED / "code" / "stdlib_functions.train.jsonl.gz", 4)
+    data = write_jsonl(tmp_path / "four.jsonl", rows * 4)
+    out = tmp_path / "code"
+    result = cli("finetune", "code", "--model", tiny_llama_dir, "--data", data, "--eval", data, "--out", out,
+                 "--max-steps", "40", "--lr", "1e-2", "--batch-size", "4", "--set", "train.log_every=5")
+    assert result.code == 0, result.text
+    curve = [loss for _, loss in losses(out)]
+    assert curve[-1] < 0.5 * curve[0], curve
+    info = (out / "lmforge.yaml").read_text()
+    assert "format: 'chat: asked for the function" in info

@@ -9,6 +9,7 @@ the lmforge process itself.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -80,6 +81,8 @@ def run_doctests(module: str | None, name: str, code: str, docstring: str, *, ti
         except subprocess.TimeoutExpired:
             return DoctestResult(False, error=f"timed out after {timeout:.0f}s")
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if not lines and proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL):  # the CPU-time limit struck first
+        return DoctestResult(False, error=f"timed out after {request['cpu_seconds']}s of CPU time")
     if not lines:
         return DoctestResult(False, error=(proc.stderr.strip().splitlines() or ["the sandbox process died"])[-1][:300])
     data = json.loads(lines[-1])

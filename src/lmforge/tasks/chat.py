@@ -10,16 +10,21 @@ the role headers are context. The end-of-turn token is added to the generation c
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
 
 import numpy as np
 from pydantic import Field
 
 from lmforge.config import DecoderFinetuneConfig
-from lmforge.data.batching import length_grouped_batches
 from lmforge.data.conversations import Conversations, load_conversations
 from lmforge.errors import DataError
 from lmforge.rundir import RunDir
+from lmforge.tasks.chat_format import (
+    IM_END,
+    ChatBatches,
+    conversation_batches,
+    encode_conversation,
+    ensure_chat_tokens,
+)
 from lmforge.tasks.common import bundled_dev_split, data_info, load_run_model, run_config, training_stage
 from lmforge.tasks.lm import lm_objective, load_decoder, score_lm
 from lmforge.tasks.registry import EvalOptions, Task, register
@@ -33,97 +38,6 @@ class FinetuneChatConfig(DecoderFinetuneConfig):
                              "share of the training data)")
     dev_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of conversations held out when no dev data")
     max_length: int = Field(512, ge=16, description="truncate conversations to this many tokens")
-
-IM_START, IM_END = "<|im_start|>", "<|im_end|>"
-CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
-
-
-def ensure_chat_tokens(tokenizer, model=None) -> None:
-    """A model with its own chat template (an instruction-tuned one, e.g. smollm2) keeps it; any other gets the ChatML
-    markers and template (growing the model's embeddings if tokens were added)."""
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if getattr(tokenizer, "chat_template", None):
-        return
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in (IM_START, IM_END) if t not in vocab]
-    if missing:
-        tokenizer.add_tokens(missing, special_tokens=True)
-        if model is not None:
-            model.resize_token_embeddings(len(tokenizer))
-    tokenizer.chat_template = CHAT_TEMPLATE
-
-
-def _render(tokenizer, messages: list[dict], **options) -> str:
-    try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, **options)
-    except Exception as exc:  # noqa: BLE001 - a template raises what its author wrote (jinja2 TemplateError, ...)
-        raise DataError(f"the model's chat template refuses this conversation: {exc}",
-                        fix="check the roles and their order (some templates allow no system message, or need "
-                            "user and assistant to alternate)") from None
-
-
-def encode_conversation(tokenizer, messages: list[dict], max_length: int) -> tuple[list[int], list[int]]:
-    """Token ids of the conversation rendered with the tokenizer's own chat template, and labels that are -100
-    everywhere but on each assistant reply and the end-of-turn marker that closes it (so the model learns to stop).
-
-    The replies are found in the rendered text: a reply is what rendering up to it adds after the assistant's header
-    (rendering the messages before it with ``add_generation_prompt``), whatever the template; tokens are then labelled
-    by their character offsets, so the text is tokenized once, as at inference."""
-    text = _render(tokenizer, messages)
-    regions = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        before = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
-        through = _render(tokenizer, messages[: i + 1])
-        if not (text.startswith(through) and through.startswith(before)):
-            raise DataError("the model's chat template renders a conversation differently from its beginning",
-                            fix="use a model whose template renders each turn after the previous ones")
-        reply = through[len(before):]
-        regions.append((len(before), len(before) + len(reply.rstrip())))  # the turn's trailing newline is context
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, labels = encoded["input_ids"], []
-    for token, (start, end) in zip(ids, encoded["offset_mapping"]):
-        inside = any(begin <= start and end <= stop for begin, stop in regions) and end > start
-        labels.append(token if inside else -100)
-    return ids[:max_length], labels[:max_length]
-
-
-class ChatBatches:
-    def __init__(self, encoded: list[tuple[list[int], list[int]]], batch_size: int, seed: int, pad_id: int) -> None:
-        self.encoded, self.batch_size, self.seed, self.pad_id = encoded, batch_size, seed, pad_id
-        self.lengths = np.asarray([len(ids) for ids, _ in encoded])
-
-    @lru_cache(maxsize=2)  # noqa: B019 - two epochs' orders, alive as long as the batch source itself
-    def _order(self, epoch: int) -> list[np.ndarray]:
-        return length_grouped_batches(self.lengths, self.batch_size, np.random.default_rng([self.seed, epoch, 3]))
-
-    def num_batches(self, epoch: int) -> int:
-        return -(-len(self.encoded) // self.batch_size)
-
-    def batch(self, epoch: int, index: int) -> dict:
-        return collate([self.encoded[i] for i in self._order(epoch)[index]], self.pad_id)
-
-
-def collate(items: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
-    import torch
-
-    width = max(len(ids) for ids, _ in items)
-    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    for row, (ids, lab) in enumerate(items):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(lab)] = torch.tensor(lab)
-        mask[row, : len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
-
 
 def split_conversations(data: Conversations, fraction: float, seed: int) -> tuple[Conversations, Conversations]:
     order = np.random.default_rng(seed).permutation(len(data))
@@ -146,10 +60,6 @@ def _split(config: FinetuneChatConfig) -> tuple[Conversations, Conversations]:
     return split_conversations(data, config.dev_fraction, config.train.seed)
 
 
-def _batches(encoded: list, batch_size: int, pad_id: int) -> list[dict]:
-    return [collate(encoded[i : i + batch_size], pad_id) for i in range(0, len(encoded), batch_size)]
-
-
 def prepare_chat(config: FinetuneChatConfig):
     from lmforge.models import load_tokenizer, resolve_model_path
     from lmforge.training.loop import TaskSpec, seed_everything
@@ -168,7 +78,7 @@ def prepare_chat(config: FinetuneChatConfig):
     train_enc = [encode_conversation(tokenizer, c, config.max_length) for c in train_data.items]
     dev_enc = [encode_conversation(tokenizer, c, config.max_length) for c in dev_data.items]
     pad_id = tokenizer.pad_token_id
-    dev_batches = _batches(dev_enc, config.train.batch_size, pad_id)
+    dev_batches = conversation_batches(dev_enc, config.train.batch_size, pad_id)
     run.write_info(
         stage="finetune", task="chat", config=config,
         extra={"data": {"train": data_info(train_data.spec, train_data.files, conversations=len(train_data)),
@@ -208,7 +118,7 @@ def evaluate_chat(run: RunDir, info: dict, options: EvalOptions) -> dict:
     ensure_chat_tokens(tokenizer)
     encoded = [encode_conversation(tokenizer, c, max_length) for c in conversations.items]
     return {"data": conversations.spec, "n": len(encoded),
-            **score_lm(model, _batches(encoded, 16, tokenizer.pad_token_id))}
+            **score_lm(model, conversation_batches(encoded, 16, tokenizer.pad_token_id))}
 
 
 TASK = register(Task(

@@ -1,7 +1,9 @@
-"""Code generation: continued causal-LM training on Python functions (signature, docstring, body), packed.
+"""Code generation: fine-tuning a causal LM on Python functions (signature, docstring, body). A model with a chat
+template (an instruction-tuned one, e.g. smollm2) learns to answer a request for a function, given its signature and
+docstring, with the function; any other continues the functions' packed source.
 
-Evaluation (``lmforge evaluate`` on a code run) prompts with each held-out function's signature and docstring and
-generates the body greedily, then reports the share of functions that parse with a body (``ast.parse``; a docstring
+Evaluation (``lmforge evaluate`` on a code run, or any model with ``--task code``) prompts with each held-out
+function's signature and docstring (as a request to a chat model), generates greedily and takes the body, then reports the share of functions that parse with a body (``ast.parse``; a docstring
 alone does not count), chrF against the reference body (sacrebleu), and pass@1 on the functions whose doctests the
 reference itself passes, each run in a sandboxed subprocess (see :mod:`lmforge.evaluation.sandbox`).
 """
@@ -19,7 +21,7 @@ from lmforge.data.conversations import CodeRows, load_code
 from lmforge.errors import DataError
 from lmforge.rundir import RunDir
 from lmforge.tasks.common import bundled_dev_split, data_info, training_stage
-from lmforge.tasks.lm import eos_id, fixed_windows, load_decoder, packed_lm_task, score_lm
+from lmforge.tasks.lm import eos_id, fixed_windows, lm_objective, load_decoder, packed_lm_task, score_lm
 from lmforge.tasks.registry import EvalOptions, Task, register
 
 log = logging.getLogger("lmforge")
@@ -121,7 +123,45 @@ def body_from_reply(reply: str, name: str, indent: str) -> str:
     return ""
 
 
+def ask_for(prompt: str) -> list[dict]:
+    """The chat turn that asks a chat model for the function whose signature and docstring are ``prompt``."""
+    return [{"role": "user", "content": f"{CHAT_INSTRUCTION}\n\n```python\n{prompt}```"}]
+
+
+def as_conversation(code: str) -> list[dict] | None:
+    """A function as a chat exchange: asked for by its signature and docstring, answered with the whole function."""
+    pair = split_prompt(code)
+    if pair is None:
+        return None
+    return [*ask_for(pair[0]), {"role": "assistant", "content": f"```python\n{code.rstrip()}\n```"}]
+
+
+def _chat_task(rows: list[dict], dev_rows: list[dict], config: FinetuneCodeConfig, decoder):
+    """For a model with a chat template: each function a conversation, the loss on the answer only."""
+    from lmforge.tasks.chat_format import ChatBatches, conversation_batches, encode_conversation
+    from lmforge.training.loop import TaskSpec
+
+    tokenizer, field, max_length = decoder.tokenizer, config.code_field, 2 * config.seq_len  # docstring twice
+    encode = lambda items: [encode_conversation(tokenizer, c, max_length)
+                            for c in (as_conversation(r[field]) for r in items) if c is not None]
+    train, dev = encode(rows), encode(dev_rows)
+    if not train:
+        raise DataError(f"{config.data} has no function with a docstring and a body to learn from",
+                        fix="check the code field")
+    pad_id = tokenizer.pad_token_id
+    dev_batches = conversation_batches(dev, config.train.batch_size, pad_id)
+    return TaskSpec(
+        name="finetune code", model=lm_objective(decoder.model),
+        train_data=ChatBatches(train, config.train.batch_size, config.train.seed, pad_id),
+        save_model=decoder.save, evaluate=(lambda wrapper: score_lm(wrapper.model, dev_batches)) if dev else None,
+        best_metric="loss" if dev else None, greater_is_better=False,
+        count_tokens=lambda b: int(b["attention_mask"].sum()), eval_size=len(dev),
+    ), sum(len(ids) for ids, _ in train)
+
+
 def prepare_code(config: FinetuneCodeConfig):
+    """A model with a chat template (e.g. smollm2) learns to answer a request for a function with it (the format
+    its evaluation asks in); any other continues the packed source of the functions."""
     from lmforge.models import load_tokenizer, resolve_model_path
     from lmforge.training.loop import seed_everything
 
@@ -138,25 +178,30 @@ def prepare_code(config: FinetuneCodeConfig):
         train_rows = [data.rows[i] for i in sorted(order[cut:])]
         dev_name, dev_files = f"{config.data} (held-out {config.dev_fraction:.0%})", data.files
     tokenizer = load_tokenizer(config.model)
+    chat = bool(getattr(tokenizer, "chat_template", None))
     eos_id(tokenizer, "code fine-tuning separates functions with it")
-    stream = code_stream(tokenizer, train_rows, config.code_field)
-    if len(stream) < (config.seq_len + 1) * config.train.batch_size:
+    stream = None if chat else code_stream(tokenizer, train_rows, config.code_field)
+    if stream is not None and len(stream) < (config.seq_len + 1) * config.train.batch_size:
         raise DataError(f"{config.data} holds {len(stream):,} tokens: too few for one batch of "
                         f"{config.train.batch_size} x {config.seq_len}", fix="lower --set seq_len or add code")
     run = RunDir.create(config.out, overwrite=config.overwrite, resume=config.resume)
     seed_everything(config.train.seed)
     decoder = load_decoder(config, tokenizer)
-    model = decoder.model
-    dev_batches = fixed_windows(code_stream(tokenizer, dev_rows, config.code_field), config.seq_len, 256,
-                                config.train.batch_size)
+    if chat:
+        spec, tokens = _chat_task(train_rows, dev_rows, config, decoder)
+    else:
+        dev_batches = fixed_windows(code_stream(tokenizer, dev_rows, config.code_field), config.seq_len, 256,
+                                    config.train.batch_size)
+        spec, tokens = packed_lm_task(
+            "finetune code", decoder.model, tokenizer, stream, config.seq_len, config.train.batch_size,
+            config.train.seed, dev_batches, best_metric="loss" if dev_batches else None, greater_is_better=False,
+            save_model=decoder.save), len(stream)
     run.write_info(
         stage="finetune", task="code", config=config,
-        extra={"data": {"train": data_info(config.data, data.files, functions=len(train_rows), tokens=len(stream)),
+        extra={"format": "chat: asked for the function, answered with it" if chat else "packed source",
+               "data": {"train": data_info(config.data, data.files, functions=len(train_rows), tokens=tokens),
                         "dev": data_info(dev_name, dev_files, functions=len(dev_rows))}},
     )
-    spec = packed_lm_task("finetune code", model, tokenizer, stream, config.seq_len, config.train.batch_size,
-                          config.train.seed, dev_batches, best_metric="loss" if dev_batches else None,
-                          greater_is_better=False, save_model=decoder.save)
     return spec, run, {}
 
 
@@ -181,8 +226,9 @@ def evaluate_code(run: RunDir, info: dict, options: EvalOptions, *, max_new_toke
     items = [(r, pair) for r, pair in items if pair is not None][: options.limit or None]
     if not items:
         raise DataError(f"{spec} has no functions with a docstring to prompt with", fix="check the code field")
-    # a code run continues the function as it was trained to; a chat model (e.g. smollm2, zero-shot) is asked for it
-    chat = pipeline.has_chat_template and info.get("task") != "code"
+    # a model with a chat template (smollm2 zero-shot, or a code run trained from one) is asked for the function;
+    # any other continues the prompt, as its code run trained it to
+    chat = pipeline.has_chat_template
     params = SamplingParams(max_new_tokens=max_new_tokens * (2 if chat else 1), temperature=0.0,
                             stop=[] if chat else STOP)
     completions = []
@@ -192,8 +238,7 @@ def evaluate_code(run: RunDir, info: dict, options: EvalOptions, *, max_new_toke
             outs = pipeline.generator.generate([pair[0] for _, pair in chunk], params)
             completions += [cut_function(o.text) for o in outs]
             continue
-        prompts = [pipeline.chat_prompt([{"role": "user", "content": f"{CHAT_INSTRUCTION}\n\n```python\n{p}```"}])
-                   for _, (p, _) in chunk]
+        prompts = [pipeline.chat_prompt(ask_for(p)) for _, (p, _) in chunk]
         outs = pipeline.generator.generate(prompts, params)
         completions += [body_from_reply(o.text, r["name"].rpartition(".")[2], _indent(p))
                         for (r, (p, _)), o in zip(chunk, outs)]
