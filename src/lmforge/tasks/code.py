@@ -253,8 +253,8 @@ def evaluate_code(run: RunDir, info: dict, options: EvalOptions, *, max_new_toke
         if not reference.passed:
             continue
         checked += 1
-        prompt = items[i][1][0]
-        passed += run_doctests(r["module"], r["name"], prompt + completions[i], r["docstring"], timeout=timeout).passed
+        prompt = items[i][1][0]  # a function left without a body passes nothing, even a doctest that prints nothing
+        passed += parses[i] and run_doctests(r["module"], r["name"], prompt + completions[i], r["docstring"], timeout=timeout).passed
     tokenizer = pipeline.tokenizer
     stream = code_stream(tokenizer, [r for r, _ in items], field)
     lm = score_lm(pipeline.model, fixed_windows(stream, int(config.get("seq_len", 256)), 256, 8))
