@@ -237,7 +237,7 @@ def test_an_unexpected_error_is_a_json_500_and_the_connection_stays_open(classif
         models = app.state.registry.models
         assert c.get("/health/ready").status_code == 200
         broken = RuntimeError("disk on fire")
-        models["sentiment"].pipeline.check_lengths = lambda texts: (_ for _ in ()).throw(broken)
+        models["sentiment"].pipeline.cost = lambda texts, truncate: (_ for _ in ()).throw(broken)
         models["gpt"].pipeline.prompt_ids = lambda prompt: (_ for _ in ()).throw(broken)
         first = c.post("/v1/classify", json={"inputs": "fine"})
         with caplog.at_level(logging.ERROR, logger="lmforge"):
@@ -256,7 +256,7 @@ def test_an_unexpected_error_is_a_json_500_and_the_connection_stays_open(classif
             record = next(r for r in caplog.records if request_id in r.getMessage())
             assert record.name == "lmforge" and record.exc_info[1] is broken
         # the keep-alive connection survived all three: the next requests go over the same socket and are served
-        del models["sentiment"].pipeline.check_lengths, models["gpt"].pipeline.prompt_ids
+        del models["sentiment"].pipeline.cost, models["gpt"].pipeline.prompt_ids
         ok = c.post("/v1/classify", json={"inputs": "a fine film"})
         ok_openai = c.post("/v1/completions", json={"model": "gpt", "prompt": "The", "max_tokens": 2})
         assert ok.status_code == 200 and ok.json()["results"][0]["label"] in ("negative", "positive")

@@ -106,11 +106,12 @@ def test_multiclass_csv_with_custom_fields(tmp_path, tiny_bert_dir, cli):
 def test_batches_are_length_grouped_and_deterministic():
     rng = np.random.default_rng(0)
     encoded = [list(range(int(n))) for n in rng.integers(3, 60, size=400)]
-    source = ClassificationBatches(encoded, [0] * 400, batch_size=16, seed=3, pad_id=0)
+    pieces = [[x] for x in encoded]  # one piece per text
+    source = ClassificationBatches(pieces, [0] * 400, batch_size=16, seed=3, pad_id=0)
     padded = sum(source.batch(0, i)["input_ids"].numel() for i in range(source.num_batches(0)))
     real = sum(len(x) for x in encoded)
     assert padded / real < 1.1  # random batches would pad ~50% here
-    a, b = source.batch(1, 5), ClassificationBatches(encoded, [0] * 400, 16, 3, 0).batch(1, 5)
+    a, b = source.batch(1, 5), ClassificationBatches(pieces, [0] * 400, 16, 3, 0).batch(1, 5)
     assert torch.equal(a["input_ids"], b["input_ids"])
     seen = sorted(int(x) for i in range(source.num_batches(2)) for x in source._order(2)[i])
     assert seen == list(range(400))

@@ -91,6 +91,11 @@ class FastTokenizer:
         self.pad_token_id = self.backend.token_to_id(pad) if pad else None
         self.model_max_length = int(settings.get("model_max_length") or 512)
 
+    def content(self, texts: list[str]) -> list[list[int]]:
+        """Token ids without special tokens, never cut."""
+        self.backend.no_truncation()
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+
     def encode(self, texts: list[str], max_length: int | None) -> list[list[int]]:
         """Token ids with the special tokens; cut to ``max_length`` (None: never cut)."""
         if max_length is None:

@@ -58,18 +58,22 @@ class Pipeline:
 
 class ClassificationPipeline(Pipeline):
     """Sequence classifiers. BERT-architecture folders (MiniLM, lmforge's BERTs) run on the lean forward of
-    :mod:`lmforge.inference.encoder` without importing transformers; any other through transformers."""
+    :mod:`lmforge.inference.encoder` without importing transformers; any other through transformers. A text longer
+    than the model's window is read as its run says (:mod:`lmforge.data.long_inputs`): truncated, head and tail, or
+    in windows whose logits are pooled into one answer."""
 
     kind = "text-classification"
     batchable = True
 
     def __init__(self, model_dir: Path, **kwargs: Any) -> None:
         super().__init__(model_dir, **kwargs)
+        from lmforge.data.long_inputs import Framing, Reading
         from lmforge.inference import encoder
 
         if encoder.supports(self.model_dir):
             net, tok = encoder.LeanBertClassifier(self.model_dir, self.device), encoder.FastTokenizer(self.model_dir)
-            self._encode, self._forward = tok.encode, net.logits
+            self._content, self._forward = tok.content, net.logits
+            with_specials = lambda text: tok.encode([text], None)[0]
             self.labels, pad_id = net.labels, tok.pad_token_id
             limits = (tok.model_max_length, net.config["max_position_embeddings"])
         else:
@@ -80,57 +84,88 @@ class ClassificationPipeline(Pipeline):
             tokenizer = load_tokenizer(self.model_dir)
             model = from_pretrained(AutoModelForSequenceClassification, self.model_dir, attn_implementation="sdpa")
             model.to(self.device).eval()
-            self._encode = lambda texts, max_length: tokenizer(
-                texts, truncation=max_length is not None, max_length=max_length)["input_ids"]
+            self._content = lambda texts: tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+            with_specials = lambda text: tokenizer(text, verbose=False)["input_ids"]
             self._forward = lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits
             self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
             pad_id = tokenizer.pad_token_id
             limits = (int(tokenizer.model_max_length or 512), model.config.max_position_embeddings)
         self.pad_id = pad_id if pad_id is not None else 0
-        configured = (self.info.get("config") or {}).get("max_length")
+        config = self.info.get("config") or {}
+        configured = config.get("max_length")
         self.max_length = min(int(configured), *limits) if configured else min(limits)
+        self.reading = Reading.from_config(config, self.max_length)
+        self.framing = Framing.of(with_specials, lambda text: self._content([text])[0])
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "labels": self.labels, "max_length": self.max_length}
+        reading = {"long_inputs": self.reading.strategy}
+        if self.reading.strategy == "windows":
+            reading.update(max_windows=self.reading.max_windows, pool=self.reading.pool)
+        return {**super().describe(), "labels": self.labels, "max_length": self.max_length, **reading}
 
-    def encode(self, texts: list[str], *, truncate: bool = True) -> list[list[int]]:
-        if truncate:
-            return self._encode(texts, self.max_length)
-        ids = self._encode(texts, None)
-        check_lengths([len(x) for x in ids], self.max_length)
-        return ids
+    def _pieces(self, texts: list[str], truncate: bool) -> list[list[list[int]]]:
+        contents = self._content(texts)
+        if not truncate:
+            self._check(contents)
+        return [self.reading.pieces(c, self.framing) for c in contents]
 
-    def check_lengths(self, texts: list[str]) -> None:
-        """Raise InputTooLong naming every input over the model's max length (in tokens)."""
-        check_lengths([len(x) for x in self._encode(texts, None)], self.max_length)
+    def _check(self, contents: list[list[int]]) -> None:
+        """InputTooLong naming every input the model would not read whole (truncate and windows past the cap)."""
+        reading, budget = self.reading, self.framing.budget(self.max_length)
+        if reading.strategy == "windows":
+            needed = [reading.windows_needed(len(c), self.framing) for c in contents]
+            over = [(i, n) for i, n in enumerate(needed) if n > reading.max_windows]
+            if over:
+                raise InputTooLong(
+                    f"{len(over)} input{'s' if len(over) > 1 else ''} would take more than the model's "
+                    f"{reading.max_windows} windows of {self.max_length} tokens: "
+                    + ", ".join(f"input {i} needs {n}" for i, n in over[:5]) + (" ..." if len(over) > 5 else ""),
+                    fix=f"shorten the text, or send \"truncate\": true to read it in {reading.max_windows} windows "
+                        "spread over its length")
+        elif reading.strategy == "truncate":
+            check_lengths([len(c) + self.max_length - budget for c in contents], self.max_length)
+
+    def cost(self, texts: list[str], *, truncate: bool = True) -> list[int]:
+        """How many windows each text is read as (what it costs the server); InputTooLong as ``predict`` would."""
+        contents = self._content(texts)
+        if not truncate:
+            self._check(contents)
+        return [min(self.reading.windows_needed(len(c), self.framing), self.reading.max_windows) for c in contents]
 
     @torch.inference_mode()
-    def logits(self, texts: list[str], *, batch_size: int = 64, truncate: bool = True) -> np.ndarray:
-        encoded = self.encode(texts, truncate=truncate)
-        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-        for index in sorted_batches([len(x) for x in encoded], batch_size):
-            ids, mask = pad_batch([encoded[i] for i in index], self.pad_id)
+    def logits(self, texts: list[str], *, batch_size: int = 64, truncate: bool = True) -> tuple[np.ndarray, list[int]]:
+        """Per text, one row of logits (its windows' pooled) and how many windows it was read as."""
+        from lmforge.data.long_inputs import flatten, pool
+
+        pieces = self._pieces(texts, truncate)
+        flat, owner = flatten(pieces)
+        out = np.zeros((len(flat), len(self.labels)), dtype=np.float32)
+        for index in sorted_batches([len(x) for x in flat], batch_size):
+            ids, mask = pad_batch([flat[i] for i in index], self.pad_id)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 logits = self._forward(ids.to(self.device), mask.to(self.device))
             out[index] = logits.float().cpu().numpy()
-        return out
+        if len(flat) > len(texts):
+            out = pool(out, owner, len(texts), self.reading.pool)
+        return out, [len(p) for p in pieces]
 
     def predict(self, texts: str | list[str], *, batch_size: int = 64, truncate: bool = True) -> list[dict]:
-        """Per text: ``{"label", "score", "probabilities": {label: p}}`` (the API's response items)."""
+        """Per text: ``{"label", "score", "probabilities": {label: p}, "windows"}`` (the API's response items)."""
         if isinstance(texts, str):
             texts = [texts]
         if not texts:
             return []
-        logits = self.logits(list(texts), batch_size=batch_size, truncate=truncate)
+        logits, windows = self.logits(list(texts), batch_size=batch_size, truncate=truncate)
         probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
         results = []
-        for row in probs:
+        for row, count in zip(probs, windows):
             best = int(row.argmax())
             results.append(
                 {
                     "label": self.labels[best],
                     "score": float(row[best]),
                     "probabilities": {label: float(p) for label, p in zip(self.labels, row)},
+                    "windows": count,
                 }
             )
         return results

@@ -19,6 +19,7 @@ log = logging.getLogger("lmforge")
 class _Pending:
     inputs: list[Any]
     future: asyncio.Future = field(repr=False)
+    cost: int = 0  # what the inputs count against max_inputs (e.g. the windows long texts are read as)
 
 
 class MicroBatcher:
@@ -33,7 +34,9 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task | None = None
 
-    async def submit(self, inputs: list[Any]) -> list[Any]:
+    async def submit(self, inputs: list[Any], cost: int | None = None) -> list[Any]:
+        """The results for ``inputs``, computed with other callers' in one batch of at most ``max_inputs`` cost
+        (``cost``: what these inputs count, one each unless given)."""
         loop = asyncio.get_running_loop()
         if not self.enabled:
             if self.on_batch:
@@ -42,7 +45,7 @@ class MicroBatcher:
         if self._task is None or self._task.done():
             self._queue = asyncio.Queue()
             self._task = loop.create_task(self._worker())
-        pending = _Pending(inputs, loop.create_future())
+        pending = _Pending(inputs, loop.create_future(), len(inputs) if cost is None else cost)
         await self._queue.put(pending)
         return await pending.future
 
@@ -50,9 +53,11 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         queue = self._queue
         assert queue is not None
+        carried: _Pending | None = None
         while True:
-            batch = [await queue.get()]
-            count = len(batch[0].inputs)
+            batch = [carried if carried is not None else await queue.get()]
+            carried = None
+            count = batch[0].cost
             deadline = loop.time() + self.max_wait
             while count < self.max_inputs:
                 try:
@@ -65,14 +70,17 @@ class MicroBatcher:
                         item = await asyncio.wait_for(queue.get(), remaining)
                     except asyncio.TimeoutError:
                         break
+                if count + item.cost > self.max_inputs:  # it starts the next batch instead of overfilling this one
+                    carried = item
+                    break
                 batch.append(item)
-                count += len(item.inputs)
+                count += item.cost
             batch = [p for p in batch if not p.future.cancelled()]
             if not batch:
                 continue
             flat = [x for p in batch for x in p.inputs]
             if self.on_batch:
-                self.on_batch(len(flat))
+                self.on_batch(sum(p.cost for p in batch))
             try:
                 results = await loop.run_in_executor(self.executor, self.run, flat)
             except Exception as exc:  # noqa: BLE001 - whatever the forward pass raised, every caller hears it

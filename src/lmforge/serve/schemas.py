@@ -26,6 +26,8 @@ class ClassifyResult(BaseModel):
     label: str
     score: float = Field(description="probability of the predicted label")
     probabilities: dict[str, float] = Field(description="probability of every label")
+    windows: int = Field(1, description="how many windows of max_length tokens the text was read as (more than one "
+                         "only for a model that reads long texts in windows)")
 
 
 class ClassifyResponse(BaseModel):
@@ -43,6 +45,10 @@ class ModelCard(BaseModel):
     chat: bool | None = Field(None, description="generative models: whether it has a chat template")
     labels: list[str] | None = None
     max_length: int | None = None
+    long_inputs: str | None = Field(None, description="classifiers: how texts longer than max_length are read "
+                                    "(truncate, head-tail or windows)")
+    max_windows: int | None = Field(None, description="windows: the most one text is read as; a longer text is "
+                                    "refused with 422 unless the request sends truncate")
     metrics: dict[str, Any] | None = Field(None, description="the run's last evaluation (eval.json)")
 
 

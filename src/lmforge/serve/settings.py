@@ -21,11 +21,13 @@ class ServeSettings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list, description="allow this origin by CORS (repeatable; off "
                                     "when none)", json_schema_extra={"flag": "--cors-origin"})
     max_body_bytes: int = Field(1_000_000, ge=1024, description="largest request body (413 above)")
-    max_batch_inputs: int = Field(64, ge=1, description="most inputs in one request (422 above)")
+    max_batch_inputs: int = Field(64, ge=1, description="most inputs in one request (422 above); a text read in "
+                                  "windows counts as its windows")
     max_input_chars: int = Field(20_000, ge=1, description="longest input text in characters (422 above)")
     max_in_flight: int = Field(64, ge=1, description="requests served at once; more get 429 with Retry-After")
     micro_batch: bool = Field(True, description="gather concurrent requests into one forward pass")
-    batch_max_inputs: int = Field(32, ge=1, description="most inputs gathered into one forward pass")
+    batch_max_inputs: int = Field(32, ge=1, description="most inputs gathered into one forward pass (windows "
+                                  "counted)")
     batch_wait_ms: float = Field(5.0, ge=0, description="how long to wait for more requests to gather")
     shutdown_delay_s: float = Field(0.0, ge=0, description="after SIGTERM: report not-ready (and turn new requests "
                                                          "away with 503) at least this long before stopping")

@@ -10,6 +10,7 @@ and folded into the hidden-state and weight gradients, so only one chunk of logi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -99,6 +100,29 @@ class CausalLMObjective(torch.nn.Module):
         chunk = self.chunk or CHUNK_TOKENS.get(hidden.device.type, 4096)
         loss = ChunkedLinearCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk)
         return CausalLMOutput(loss)
+
+
+@dataclass
+class ClassifierOutput:
+    loss: torch.Tensor
+    logits: torch.Tensor
+
+
+class PooledClassifier(torch.nn.Module):
+    """Wraps an HF sequence classifier: a text read as several pieces (``owner`` maps each piece to its text) gets its
+    pieces' logits pooled into one answer by ``pool(logits, owner, texts)``, and the cross-entropy is taken on that.
+    Without ``owner`` every row is a text of its own. The wrapped model is what gets saved."""
+
+    def __init__(self, model: torch.nn.Module, pool: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]) -> None:
+        super().__init__()
+        self.model, self.pool = model, pool
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                owner: torch.Tensor | None = None) -> ClassifierOutput:
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        if owner is not None:
+            logits = self.pool(logits, owner, len(labels))
+        return ClassifierOutput(F.cross_entropy(logits, labels), logits)
 
 
 @dataclass

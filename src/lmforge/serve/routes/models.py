@@ -13,7 +13,8 @@ def _card(served: ServedModel) -> dict:
     described = served.pipeline.describe()
     return {"id": served.name, "created": served.created, "task": served.task, "routes": list(served.routes),
             "chat": described.get("chat"), "labels": described.get("labels"),
-            "max_length": described.get("max_length"), "metrics": _metrics(served)}
+            "max_length": described.get("max_length"), "long_inputs": described.get("long_inputs"),
+            "max_windows": described.get("max_windows"), "metrics": _metrics(served)}
 
 
 def _metrics(served: ServedModel) -> dict | None:

@@ -219,7 +219,8 @@ function renderResults(inputs, results) {
     item.innerHTML = `
       ${inputs.length > 1 ? `<div class="text">${esc(inputs[i])}</div>` : ""}
       <div class="top"><span class="label-badge" data-label>${esc(r.label)}</span>
-        <span class="score">${(100 * r.score).toFixed(1)}%</span></div>
+        <span class="score">${(100 * r.score).toFixed(1)}%</span>
+        ${r.windows > 1 ? `<span class="muted windows" title="the text was longer than the model reads at once">read in ${r.windows} windows</span>` : ""}</div>
       <div class="bars">${probs.map(([label, p]) => `
         <span>${esc(label)}</span>
         <div class="bar ${label === r.label ? "top" : ""}" role="progressbar" aria-label="${esc(label)}"
