@@ -154,3 +154,19 @@ def test_the_micro_batcher_fills_a_batch_by_cost_not_by_requests():
     assert asyncio.run(main([3, 3])) == [["t0"], ["t1"]] and calls == [["t0"], ["t1"]]  # 6 > 4: two passes
     calls.clear()
     assert asyncio.run(main([2, 1, 1])) == [["t0"], ["t1"], ["t2"]] and calls == [["t0", "t1", "t2"]]
+
+
+def test_a_bundled_datasets_recipe_applies_unless_the_user_chose_a_strategy(monkeypatch):
+    import dataclasses
+
+    from lmforge.data import registry
+    from lmforge.tasks.classify import FinetuneClassifyConfig, with_dataset_recipe
+
+    spam = dataclasses.replace(registry.BUNDLED["spam"], recipe={"long_inputs": {"strategy": "head-tail"}, "why": "x"})
+    monkeypatch.setitem(registry.BUNDLED, "spam", spam)
+    build = lambda **fields: FinetuneClassifyConfig.model_validate({"data": "spam", "out": "o", **fields})
+    assert with_dataset_recipe(build()).long_inputs.strategy == "head-tail"
+    chosen = with_dataset_recipe(build(long_inputs={"pool": "max"}))  # other settings of the user's are kept
+    assert chosen.long_inputs.strategy == "head-tail" and chosen.long_inputs.pool == "max"
+    assert with_dataset_recipe(build(long_inputs={"strategy": "truncate"})).long_inputs.strategy == "truncate"
+    assert with_dataset_recipe(build(data="movie-reviews")).long_inputs.strategy == "truncate"

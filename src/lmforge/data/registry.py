@@ -26,6 +26,9 @@ class BundledDataset:
     splits: dict[str, tuple[str, ...]] = field(default_factory=dict)
     default_split: str = "train"
     fields: str = "text, label"
+    # config defaults for fine-tuning on this dataset, chosen by measurement on its dev split; the user's own settings
+    # win (e.g. {"long_inputs": {"strategy": "windows"}}); "why" says what chose them
+    recipe: dict = field(default_factory=dict)
 
     @property
     def folder(self) -> Path:

@@ -122,6 +122,20 @@ def stratified_split(data: TextLabelData, fraction: float, seed: int) -> tuple[T
     )
 
 
+def with_dataset_recipe(config: FinetuneClassifyConfig) -> FinetuneClassifyConfig:
+    """A bundled dataset may recommend how its long texts are read (chosen on its dev split, in its dataset.json);
+    the recommendation applies unless the user chose a strategy."""
+    from lmforge.data.registry import lookup, split_spec
+
+    dataset = lookup(split_spec(config.data)[0])
+    recommended = (dataset.recipe if dataset else {}).get("long_inputs")
+    if not recommended or "long_inputs" in config.model_fields_set and "strategy" in config.long_inputs.model_fields_set:
+        return config
+    log.info("%s: reading long texts with %s (%s; --long-inputs truncate to change)", dataset.name,
+             ", ".join(f"{k}={v}" for k, v in recommended.items()), dataset.recipe.get("why", "its recipe"))
+    return config.model_copy(update={"long_inputs": config.long_inputs.model_copy(update=recommended)})
+
+
 def prepare_data(config: FinetuneClassifyConfig) -> tuple[TextLabelData, TextLabelData, list[str]]:
     """Read and validate training and dev data up front; every problem is reported before any work starts."""
     train_data = load_text_label(config.data, config.text_field, config.label_field)
@@ -190,6 +204,7 @@ def prepare_classify(config: FinetuneClassifyConfig):
     from lmforge.training.objectives import PooledClassifier
 
     resolve_model_path(config.model)  # a bad model spec fails before the data is read
+    config = with_dataset_recipe(config)
     positions = getattr(load_config(config.model), "max_position_embeddings", None)
     if positions and config.max_length > positions:
         raise ConfigError(f"max_length {config.max_length} is more than {config.model} reads at once ({positions} "
