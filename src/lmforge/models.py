@@ -62,6 +62,13 @@ GPT_SIZES: dict[str, dict[str, int]] = {
     "small": {"n_embd": 512, "n_layer": 8, "n_head": 8},
     "base": {"n_embd": 768, "n_layer": 12, "n_head": 12},
 }
+# T5 shapes (encoder and decoder alike); small is T5-small (60M), base T5-base.
+T5_SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"d_model": 128, "d_ff": 512, "num_layers": 2, "num_heads": 2, "d_kv": 64},
+    "mini": {"d_model": 256, "d_ff": 1024, "num_layers": 4, "num_heads": 4, "d_kv": 64},
+    "small": {"d_model": 512, "d_ff": 2048, "num_layers": 6, "num_heads": 8, "d_kv": 64},
+    "base": {"d_model": 768, "d_ff": 3072, "num_layers": 12, "num_heads": 12, "d_kv": 64},
+}
 SCRATCH_LR = {"tiny": 1e-3, "mini": 5e-4, "small": 3e-4, "base": 1e-4}
 
 
@@ -273,3 +280,24 @@ def build_gpt(size: str, tokenizer: Any, seq_len: int, arch: dict | None = None)
         **shape,
     )
     return GPT2LMHeadModel._from_config(config, attn_implementation="sdpa")
+
+
+def build_t5(size: str, tokenizer: Any, arch: dict | None = None):
+    """A fresh ``T5ForConditionalGeneration`` (T5 v1.1 style: gated-GELU feed-forward, untied head) shaped by a size
+    preset (plus overrides), for this tokenizer; the pad token starts the decoder, as in T5."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    quiet_transformers()
+    check_arch(arch or {}, T5Config)
+    shape = {**T5_SIZES[size], **(arch or {})}
+    shape.setdefault("num_decoder_layers", shape["num_layers"])
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    try:
+        config = T5Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
+                          decoder_start_token_id=tokenizer.pad_token_id, feed_forward_proj="gated-gelu",
+                          tie_word_embeddings=False, **shape)
+    except (TypeError, ValueError) as exc:
+        from lmforge.errors import ConfigError
+
+        raise ConfigError(f"invalid model shape {shape}: {exc}", fix="check the arch.* overrides") from None
+    return T5ForConditionalGeneration(config)

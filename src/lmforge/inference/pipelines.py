@@ -7,6 +7,7 @@ A pipeline is chosen by its kind (``PIPELINES``), which each task declares in th
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from lmforge.data.batching import pad_batch, sorted_batches
 from lmforge.errors import LmforgeError
 
 log = logging.getLogger("lmforge")
+SENTINEL = re.compile(r"<extra_id_\d+>")  # T5's span-corruption sentinels: kept in a seq2seq model's output
 
 
 class InputTooLong(LmforgeError):
@@ -273,8 +275,47 @@ class FillMaskPipeline(Pipeline):
         return results
 
 
+class Seq2SeqPipeline(Pipeline):
+    """Encoder-decoders (span-corruption runs, any HF seq2seq folder): text in, text out, greedy or beam search. A
+    span-corruption run fills in its sentinels: ``"The <extra_id_0> sat on the mat."``."""
+
+    kind = "text2text-generation"
+
+    def __init__(self, model_dir: Path, **kwargs: Any) -> None:
+        super().__init__(model_dir, **kwargs)
+        from transformers import AutoModelForSeq2SeqLM
+
+        from lmforge.models import from_pretrained, load_tokenizer
+
+        self.tokenizer = load_tokenizer(self.model_dir)
+        self.model = from_pretrained(AutoModelForSeq2SeqLM, self.model_dir)
+        self.model.to(self.device).eval()
+        self.max_length = int(min(self.tokenizer.model_max_length or 512, 4096))
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "max_length": self.max_length}
+
+    @torch.inference_mode()
+    def predict(self, texts: str | list[str], *, max_new_tokens: int = 64, num_beams: int = 1, batch_size: int = 16,
+                **generate: Any) -> list[dict]:
+        """Per text: ``{"text"}``, the generated output (special tokens other than sentinels removed)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        drop = {t for t in self.tokenizer.all_special_tokens if not SENTINEL.fullmatch(t)}
+        results: list[dict] = [{} for _ in texts]
+        for index in sorted_batches([len(x) for x in encoded], batch_size):
+            ids, mask = pad_batch([encoded[i] for i in index], self.tokenizer.pad_token_id or 0)
+            out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                      max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                                      **generate)
+            for row, i in enumerate(index):
+                tokens = [t for t in self.tokenizer.convert_ids_to_tokens(out[row].tolist()) if t not in drop]
+                results[i] = {"text": self.tokenizer.convert_tokens_to_string(tokens).strip()}
+        return results
+
+
 PIPELINES: dict[str, type[Pipeline]] = {
-    cls.kind: cls for cls in (ClassificationPipeline, GenerationPipeline, FillMaskPipeline)
+    cls.kind: cls for cls in (ClassificationPipeline, GenerationPipeline, FillMaskPipeline, Seq2SeqPipeline)
 }
 
 
