@@ -115,9 +115,12 @@ class LoraSettings(Strict):
 class TokenizerTrainConfig(Strict):
     corpus: list[str] = Field(description="corpus files or bundled names (e.g. corpus); several allowed",
                               min_length=1)
-    kind: Literal["wordpiece", "bpe"] = Field("wordpiece", description="wordpiece (BERT) or byte-level bpe (GPT)")
+    kind: Literal["wordpiece", "bpe", "unigram"] = Field(
+        "wordpiece", description="wordpiece (BERT), byte-level bpe (GPT) or unigram (SentencePiece-style, T5; keeps case "
+        "and accents)")
     vocab_size: int = Field(30000, ge=64, le=1_000_000, description="target vocabulary size")
-    lowercase: bool | None = Field(None, description="lowercase text (default: yes for wordpiece, no for bpe)")
+    lowercase: bool | None = Field(None, description="lowercase text (default: yes for wordpiece, no for bpe and "
+                                   "unigram)")
     min_frequency: int = Field(2, ge=1, description="drop merges/pieces seen fewer times than this")
     max_length: int = Field(512, ge=8, description="model_max_length stored with the tokenizer")
     out: Path = Field(description="folder to write the tokenizer to")

@@ -27,3 +27,19 @@ def test_bpe_is_lossless_and_has_chat_markers(tiny_corpus, tmp_path):
     assert tok.eos_token == "<|endoftext|>" and tok.pad_token == "<|pad|>"
     ids = tok("<|im_start|>user")["input_ids"]
     assert tok.convert_ids_to_tokens(ids)[0] == "<|im_start|>"
+
+
+def test_unigram_keeps_case_and_accents_and_ends_with_eos(tmp_path, cli):
+    from tests.conftest import BUNDLED, read_jsonl_gz
+
+    rows = read_jsonl_gz(BUNDLED / "translation" / "bible_en_es.train.jsonl.gz", 600)
+    corpus = tmp_path / "both.txt"  # the union of both sides, as a translation model's tokenizer needs
+    corpus.write_text("\n".join(r[side] for r in rows for side in ("en", "es")) + "\n", encoding="utf-8")
+    out = train_tokenizer(TokenizerTrainConfig(corpus=[str(corpus)], kind="unigram", vocab_size=800, out=tmp_path / "u"))
+    tok = AutoTokenizer.from_pretrained(out)
+    text = "Y Jesús les dijo: Señor, ¿por qué?"
+    ids = tok(text)["input_ids"]
+    assert ids[-1] == tok.eos_token_id and tok.pad_token == "<pad>"
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    refused = cli("tokenizer", "train", "--corpus", corpus, "--kind", "unigram", "--lowercase", "--out", tmp_path / "x")
+    assert refused.code == 2 and "--lowercase" in refused.err and not (tmp_path / "x").exists()

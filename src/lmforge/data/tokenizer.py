@@ -13,7 +13,7 @@ from pathlib import Path
 from lmforge.config import TokenizerTrainConfig
 from lmforge.data.progress import text_bytes, track
 from lmforge.data.readers import corpus_files, iter_corpus_lines
-from lmforge.errors import DataError
+from lmforge.errors import ConfigError, DataError
 from lmforge.rundir import check_output_dir, prepare_output_dir
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,21 @@ def _build_bpe(lowercase: bool):
     return tok
 
 
+T5_SPECIALS = ["<pad>", "</s>", "<unk>"]
+
+
+def _build_unigram():
+    """SentencePiece-style: NFKC, words marked by a leading ▁ (so decoding restores the spaces), cased, accents
+    kept, and ``</s>`` ending every sequence, as T5's tokenizer does."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    return tok
+
+
 def train_tokenizer(config: TokenizerTrainConfig, *, show_progress: bool = True) -> Path:
     """Train a tokenizer on the corpus and write a folder ``AutoTokenizer.from_pretrained`` loads. An existing
     ``out`` is refused before any work, and nothing is written unless training succeeds."""
@@ -69,7 +84,14 @@ def train_tokenizer(config: TokenizerTrainConfig, *, show_progress: bool = True)
     check_output_dir(config.out, overwrite=config.overwrite, kind="tokenizer")
     files = corpus_files(config.corpus)
     lowercase = config.lowercase if config.lowercase is not None else config.kind == "wordpiece"
-    if config.kind == "wordpiece":
+    if config.kind == "unigram":
+        if lowercase:
+            raise ConfigError("the unigram tokenizer keeps case and accents", where="--lowercase",
+                              fix="leave out --lowercase, or use --kind wordpiece")
+        tok = _build_unigram()
+        trainer = trainers.UnigramTrainer(vocab_size=config.vocab_size, special_tokens=T5_SPECIALS, unk_token="<unk>",
+                                          show_progress=show_progress and sys.stderr.isatty())
+    elif config.kind == "wordpiece":
         tok = _build_wordpiece(lowercase)
         trainer = trainers.WordPieceTrainer(
             vocab_size=config.vocab_size,
@@ -105,6 +127,13 @@ def train_tokenizer(config: TokenizerTrainConfig, *, show_progress: bool = True)
             model_max_length=config.max_length,
             model_input_names=["input_ids", "token_type_ids", "attention_mask"],
         )
+    elif config.kind == "unigram":
+        from tokenizers import processors
+
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A </s>", pair="$A </s> $B:1 </s>:1", special_tokens=[("</s>", tok.token_to_id("</s>"))])
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                                       model_max_length=config.max_length)
     else:
         fast = PreTrainedTokenizerFast(
             tokenizer_object=tok,
