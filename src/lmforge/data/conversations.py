@@ -68,3 +68,35 @@ def load_code(spec: str, field: str = "code") -> CodeRows:
         rows.append({**record.data, "_where": record.where})
     problems.raise_if_any(f"cannot use {spec}", fix=f"each row needs a '{field}' field with Python source")
     return CodeRows(spec, rows, [str(f) for f in source.files])
+
+
+@dataclass
+class Pairs:
+    """Source -> target text pairs (translation, summarization)."""
+
+    spec: str
+    sources: list[str]
+    targets: list[str]
+    files: list[str]
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+
+def load_pairs(spec: str, source_field: str, target_field: str) -> Pairs:
+    source = resolve(spec)
+    problems = Problems()
+    sources, targets = [], []
+    for record in read_records(source, problems):
+        values = [record.data.get(source_field), record.data.get(target_field)]
+        bad = [name for name, value in zip((source_field, target_field), values)
+               if not isinstance(value, str) or not value.strip()]
+        if bad:
+            present = ", ".join(record.data) or "(none)"
+            problems.add(f"{record.where}: no '{bad[0]}' text (fields present: {present})")
+            continue
+        sources.append(values[0].strip())
+        targets.append(values[1].strip())
+    problems.raise_if_any(f"cannot use {spec}", fix="name the right fields with --source-field / --target-field "
+                          f"(now '{source_field}' and '{target_field}')")
+    return Pairs(spec, sources, targets, [str(f) for f in source.files])

@@ -290,24 +290,28 @@ class Seq2SeqPipeline(Pipeline):
         self.tokenizer = load_tokenizer(self.model_dir)
         self.model = from_pretrained(AutoModelForSeq2SeqLM, self.model_dir)
         self.model.to(self.device).eval()
-        self.max_length = int(min(self.tokenizer.model_max_length or 512, 4096))
+        config = self.info.get("config") or {}
+        self.prefix = config.get("prefix") or ""  # a fine-tuned run's input prefix and decoding settings
+        self.decoding = {"num_beams": 1, "max_new_tokens": 64, **(config.get("decoding") or {})}
+        self.max_length = int(config.get("max_source_length") or min(self.tokenizer.model_max_length or 512, 4096))
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "max_length": self.max_length}
+        return {**super().describe(), "max_length": self.max_length, "decoding": self.decoding}
 
     @torch.inference_mode()
-    def predict(self, texts: str | list[str], *, max_new_tokens: int = 64, num_beams: int = 1, batch_size: int = 16,
-                **generate: Any) -> list[dict]:
-        """Per text: ``{"text"}``, the generated output (special tokens other than sentinels removed)."""
+    def predict(self, texts: str | list[str], *, batch_size: int = 16, **decoding: Any) -> list[dict]:
+        """Per text: ``{"text"}``, the generated output (special tokens other than sentinels removed). ``decoding``
+        overrides the run's: num_beams, max_new_tokens, length_penalty, no_repeat_ngram_size, ..."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        settings = {**self.decoding, **{k: v for k, v in decoding.items() if v is not None}}
+        encoded = self.tokenizer([self.prefix + t for t in texts], truncation=True,
+                                 max_length=self.max_length)["input_ids"]
         drop = {t for t in self.tokenizer.all_special_tokens if not SENTINEL.fullmatch(t)}
         results: list[dict] = [{} for _ in texts]
         for index in sorted_batches([len(x) for x in encoded], batch_size):
             ids, mask = pad_batch([encoded[i] for i in index], self.tokenizer.pad_token_id or 0)
             out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                      max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-                                      **generate)
+                                      do_sample=False, **settings)
             for row, i in enumerate(index):
                 tokens = [t for t in self.tokenizer.convert_ids_to_tokens(out[row].tolist()) if t not in drop]
                 results[i] = {"text": self.tokenizer.convert_tokens_to_string(tokens).strip()}
