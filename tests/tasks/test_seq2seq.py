@@ -84,3 +84,28 @@ def test_a_decoder_only_model_is_refused_before_anything_is_written(cli, gpt_run
     result = cli("finetune", "translate", "--model", gpt_run, "--data", data, "--out", tmp_path / "x")
     assert result.code == 2 and "not an encoder-decoder" in result.err and "--model" in result.err
     assert not (tmp_path / "x").exists()
+
+
+def test_served_translation_and_its_limits(cli, tiny_t5_dir, verses, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from lmforge.serve.app import create_app
+    from lmforge.serve.settings import ServeSettings
+
+    data, rows = verses
+    out = tmp_path / "mt"
+    assert cli("finetune", "translate", "--model", tiny_t5_dir, "--data", data, "--out", out, "--max-steps", "1",
+               "--set", "max_source_length=16").code == 0
+    app = create_app([f"mt={out}"], ServeSettings(max_batch_inputs=4), load_in_background=False)
+    with TestClient(app) as client:
+        short = " ".join(rows[0]["en"].split()[:5])
+        ok = client.post("/v1/translate", json={"inputs": [short, short], "num_beams": 2, "max_new_tokens": 5})
+        assert ok.status_code == 200 and len(ok.json()["results"]) == 2
+        assert ok.json()["results"][0] == ok.json()["results"][1]
+        long = client.post("/v1/translate", json={"inputs": rows[0]["en"] * 3})
+        assert long.status_code == 422 and "longer than the model's 16 tokens" in long.json()["detail"]
+        assert client.post("/v1/translate", json={"inputs": rows[0]["en"] * 3, "truncate": True}).status_code == 200
+        assert client.post("/v1/translate", json={"inputs": ["a"] * 5}).status_code == 422
+        assert client.post("/v1/translate", json={"inputs": "a", "num_beams": 99}).status_code == 422
+        assert client.post("/v1/summarize", json={"inputs": "a"}).status_code == 422  # not a summarizer
+        assert client.get("/v1/models/mt").json()["routes"] == ["translate"]

@@ -299,13 +299,16 @@ class Seq2SeqPipeline(Pipeline):
         return {**super().describe(), "max_length": self.max_length, "decoding": self.decoding}
 
     @torch.inference_mode()
-    def predict(self, texts: str | list[str], *, batch_size: int = 16, **decoding: Any) -> list[dict]:
+    def predict(self, texts: str | list[str], *, batch_size: int = 16, truncate: bool = True,
+                **decoding: Any) -> list[dict]:
         """Per text: ``{"text"}``, the generated output (special tokens other than sentinels removed). ``decoding``
         overrides the run's: num_beams, max_new_tokens, length_penalty, no_repeat_ngram_size, ..."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         settings = {**self.decoding, **{k: v for k, v in decoding.items() if v is not None}}
-        encoded = self.tokenizer([self.prefix + t for t in texts], truncation=True,
-                                 max_length=self.max_length)["input_ids"]
+        encoded = self.tokenizer([self.prefix + t for t in texts], truncation=truncate, max_length=self.max_length,
+                                 verbose=False)["input_ids"]
+        if not truncate:
+            check_lengths([len(x) for x in encoded], self.max_length)
         drop = {t for t in self.tokenizer.all_special_tokens if not SENTINEL.fullmatch(t)}
         results: list[dict] = [{} for _ in texts]
         for index in sorted_batches([len(x) for x in encoded], batch_size):

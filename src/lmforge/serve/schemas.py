@@ -35,6 +35,25 @@ class ClassifyResponse(BaseModel):
     results: list[ClassifyResult]
 
 
+class Seq2SeqRequest(Strict):
+    model: str | None = Field(None, description="model name (see GET /v1/models); default: the first loaded")
+    inputs: str | list[str] = Field(description="one text or a list of texts")
+    truncate: bool = Field(False, description="cut inputs longer than the model's max length instead of refusing them")
+    num_beams: int | None = Field(None, ge=1, le=8, description="beam width (1: greedy); default: the run's")
+    max_new_tokens: int | None = Field(None, ge=1, le=512, description="longest output in tokens; default: the run's")
+    length_penalty: float | None = Field(None, ge=-5, le=5, description="beam scores are divided by length ** this")
+    no_repeat_ngram_size: int | None = Field(None, ge=0, le=10, description="never repeat an n-gram of this size")
+
+
+class Seq2SeqResult(BaseModel):
+    text: str
+
+
+class Seq2SeqResponse(BaseModel):
+    model: str
+    results: list[Seq2SeqResult]
+
+
 class ModelCard(BaseModel):
     id: str
     object: str = "model"

@@ -35,7 +35,7 @@ def evaluate_summarize(run: RunDir, info: dict, options: EvalOptions) -> dict:
 
 TASK = register(Task(
     name="summarize", stage="finetune", config=FinetuneSummarizeConfig, train=finetune_summarize,
-    evaluate=evaluate_summarize, pipeline="text2text-generation",
+    evaluate=evaluate_summarize, pipeline="text2text-generation", routes=("summarize",),
     summary="Fine-tune an encoder-decoder to summarize (a span-corruption run or an HF seq2seq model).",
     flags=("model", "data", "eval", "source_field", "target_field", "decoding.num_beams"),
     metrics=("rougeLsum", "rouge1", "rouge2", "rougeL", "n", "baseline"),

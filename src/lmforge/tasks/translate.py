@@ -46,7 +46,7 @@ def evaluate_translate(run: RunDir, info: dict, options: EvalOptions) -> dict:
 
 TASK = register(Task(
     name="translate", stage="finetune", config=FinetuneTranslateConfig, train=finetune_translate,
-    evaluate=evaluate_translate, pipeline="text2text-generation",
+    evaluate=evaluate_translate, pipeline="text2text-generation", routes=("translate",),
     summary="Fine-tune an encoder-decoder for translation (a span-corruption run or an HF seq2seq model).",
     flags=("model", "data", "eval", "source", "target", "source_field", "target_field", "decoding.num_beams"),
     metrics=("bleu", "chrf", "n", "baseline"),
