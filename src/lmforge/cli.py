@@ -401,31 +401,86 @@ def predict(
 ) -> None:
     """Predict with a run: one JSON object per input on stdout or in --output (a classifier: label, score,
     probabilities; a masked LM: the top tokens for each [MASK])."""
-    from lmforge.errors import DataError
     from lmforge.inference.pipelines import FillMaskPipeline
     from lmforge.stages import load
 
+    texts = _inputs("predict", texts, input_, text_field, output, overwrite)
+    pipeline = load(run)
+    if pipeline.predict_hint:
+        raise LmforgeError(f"'{run}' is a {pipeline.task} run: {pipeline.predict_hint}")
+    options = {"top_k": top_k} if isinstance(pipeline, FillMaskPipeline) else {}
+    _write_results([{"text": t, **r} for t, r in zip(texts, pipeline.predict(texts, **options))], output)
+
+
+def _inputs(command: str, texts: list[str] | None, input_: str | None, text_field: str, output: Path | None,
+            overwrite: bool) -> list[str]:
+    """The texts a command is given as arguments or in --input; --output checked before any work."""
+    from lmforge.errors import DataError
+
     if bool(texts) == bool(input_):
         raise LmforgeError("give texts as arguments or --input FILE (one of the two)",
-                           fix='lmforge predict RUN "a text"   or   lmforge predict RUN --input texts.jsonl')
+                           fix=f'lmforge {command} RUN "a text"   or   lmforge {command} RUN --input texts.jsonl')
     if output is not None and output.exists() and not overwrite:
         raise DataError(f"'{output}' exists", fix="pass --overwrite to replace it, or choose another --output")
     if input_:
         from lmforge.data.labeled import load_text_label
 
-        texts = load_text_label(input_, text_field, None).texts
-    pipeline = load(run)
-    if pipeline.predict_hint:
-        raise LmforgeError(f"'{run}' is a {pipeline.task} run: {pipeline.predict_hint}")
-    options = {"top_k": top_k} if isinstance(pipeline, FillMaskPipeline) else {}
-    results = [{"text": t, **r} for t, r in zip(texts, pipeline.predict(texts, **options))]
+        return load_text_label(input_, text_field, None).texts
+    return list(texts or [])
+
+
+def _write_results(results: list[dict], output: Path | None) -> None:
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
     if output is None:
         sys.stdout.write(lines)
     else:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(lines, encoding="utf-8")
-        typer.echo(f"{len(results)} predictions written to {output}", err=True)
+        typer.echo(f"{len(results)} results written to {output}", err=True)
+
+
+def _seq2seq_command(task: str, doing: str) -> Callable:
+    option = lambda name, kind, default, flag, **o: inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, typer.Option(flag, **o)])
+    params = [
+        inspect.Parameter("run", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[Path, typer.Argument(
+            help=f"a {task} run (lmforge finetune {task}) or a seq2seq model folder", metavar="RUN")]),
+        inspect.Parameter("texts", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            list[str] | None, typer.Argument(help=f"texts to {task}", metavar="TEXT...")]),
+        option("input_", str | None, None, "--input", metavar="FILE",
+               help="a .jsonl/.csv/.tsv/.parquet file of texts"),
+        option("output", Path | None, None, "--output", metavar="FILE",
+               help="write JSON lines here instead of stdout"),
+        option("text_field", str, "text", "--text-field", metavar="FIELD",
+               help="text field of --input rows"),
+        option("num_beams", int | None, None, "--num-beams", min=1, max=32, metavar="N",
+               help="beam width (1: greedy); default: the run's"),
+        option("max_new_tokens", int | None, None, "--max-new-tokens", min=1, metavar="N",
+               help="longest output in tokens; default: the run's"),
+        option("overwrite", bool, False, "--overwrite", help="replace an existing --output file"),
+    ]
+
+    def command(run: Path, texts: list[str] | None, input_: str | None, output: Path | None, text_field: str,
+                num_beams: int | None, max_new_tokens: int | None, overwrite: bool) -> None:
+        from lmforge.inference.pipelines import Seq2SeqPipeline
+        from lmforge.stages import load
+
+        items = _inputs(task, texts, input_, text_field, output, overwrite)
+        pipeline = load(run)
+        if not isinstance(pipeline, Seq2SeqPipeline):
+            raise LmforgeError(f"'{run}' is a {pipeline.task} model, not a sequence-to-sequence one",
+                               fix=f"give a run of `lmforge finetune {task}`")
+        results = pipeline.predict(items, num_beams=num_beams, max_new_tokens=max_new_tokens)
+        _write_results([{"input": t, "output": r["text"]} for t, r in zip(items, results)], output)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {}
+    command.__doc__ = f"{doing}: one JSON object per input (input, output) on stdout or in --output."
+    return command
+
+
+app.command("translate")(_seq2seq_command("translate", "Translate texts with a translation run"))
+app.command("summarize")(_seq2seq_command("summarize", "Summarize texts with a summarization run"))
 
 
 def _serve_command() -> Callable:

@@ -109,3 +109,19 @@ def test_served_translation_and_its_limits(cli, tiny_t5_dir, verses, tmp_path):
         assert client.post("/v1/translate", json={"inputs": "a", "num_beams": 99}).status_code == 422
         assert client.post("/v1/summarize", json={"inputs": "a"}).status_code == 422  # not a summarizer
         assert client.get("/v1/models/mt").json()["routes"] == ["translate"]
+
+
+def test_the_translate_and_summarize_commands(cli, tiny_t5_dir, verses, tmp_path):
+    data, rows = verses
+    out = tmp_path / "mt"
+    assert cli("finetune", "translate", "--model", tiny_t5_dir, "--data", data, "--out", out, "--max-steps", "1").code == 0
+    result = cli("translate", out, rows[0]["en"], rows[1]["en"], "--num-beams", "1", "--max-new-tokens", "4")
+    lines = [json.loads(line) for line in result.out.splitlines()]
+    assert result.code == 0 and [x["input"] for x in lines] == [rows[0]["en"], rows[1]["en"]]
+    written = tmp_path / "out.jsonl"
+    assert cli("summarize", out, "--input", data, "--text-field", "en", "--output", written,
+               "--max-new-tokens", "2").code == 0
+    assert len(written.read_text().splitlines()) == 8 * len(rows)
+    again = cli("summarize", out, "--input", data, "--text-field", "en", "--output", written)
+    assert again.code == 2 and "--overwrite" in again.err
+    assert cli("translate", out).code == 2
