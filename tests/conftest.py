@@ -188,3 +188,22 @@ def tiny_llama_dir(bpe_dir, tmp_path_factory) -> Path:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(bpe_dir, tmp_path_factory) -> Path:
+    """A tiny random T5 (d_model 64, 2+2 layers) with sentinels and a pad token, saved as an HF folder."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from lmforge.models import build_t5
+    from lmforge.tasks.pretrain_span import prepare_t5_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(bpe_dir)
+    prepare_t5_tokenizer(tok)
+    torch.manual_seed(0)
+    model = build_t5("tiny", tok, {"d_model": 64, "d_ff": 128, "num_layers": 2, "num_heads": 2, "d_kv": 32})
+    out = tmp_path_factory.mktemp("models") / "tiny-t5"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

@@ -182,3 +182,37 @@ def test_redoc_renders_the_api_offline(browser, server):
     assert any(sid.startswith("tag/classify/operation/") for sid in sections), sections
     assert blocked == []
     page.screenshot(path=str(ARTIFACTS / "docs-redoc.png"))
+
+
+@pytest.fixture(scope="module")
+def translation_server(tiny_t5_dir, tmp_path_factory):
+    from lmforge.tasks.translate import FinetuneTranslateConfig, finetune_translate
+    from tests.conftest import BUNDLED, read_jsonl_gz, write_jsonl
+
+    folder = tmp_path_factory.mktemp("mt")
+    data = write_jsonl(folder / "pairs.jsonl", read_jsonl_gz(BUNDLED / "translation" / "bible_en_es.dev.jsonl.gz", 16))
+    finetune_translate(FinetuneTranslateConfig.model_validate({
+        "model": str(tiny_t5_dir), "data": str(data), "out": str(folder / "run"),
+        "train": {"max_steps": 2, "batch_size": 8}}), show_progress=False)
+    with LiveServer(f"mt={folder / 'run'}") as srv:
+        yield srv
+
+
+def test_translate_page_at_phone_width_answers_like_the_api(browser, translation_server):
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.goto(translation_server.url)
+    page.wait_for_selector("#status.pill-ok")
+    page.wait_for_selector("#tab-translate:not([hidden])")
+    assert page.locator("#tab-summarize").is_hidden() and page.locator("#tab-classify").is_hidden()
+    page.click("#tab-translate")
+    page.fill("#translate-input", "In the beginning")
+    page.fill("#page-translate [data-slot=beams]", "2")
+    page.fill("#page-translate [data-slot=max-tokens]", "6")
+    page.click("#page-translate [data-slot=submit]")
+    page.wait_for_selector("#page-translate .outputs li")
+    shown = page.locator("#page-translate .output").inner_text()
+    api = httpx.post(translation_server.url + "/v1/translate", json={
+        "inputs": ["In the beginning"], "num_beams": 2, "max_new_tokens": 6, "truncate": True}).json()
+    assert shown == (api["results"][0]["text"] or "(empty)")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.screenshot(path=str(ARTIFACTS / "web-ui-translate-phone.png"), full_page=True)

@@ -12,23 +12,6 @@ from tests.conftest import BUNDLED, read_jsonl_gz, write_jsonl
 
 
 @pytest.fixture(scope="module")
-def tiny_t5_dir(bpe_dir, tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    from lmforge.models import build_t5
-    from lmforge.tasks.pretrain_span import prepare_t5_tokenizer
-
-    tok = AutoTokenizer.from_pretrained(bpe_dir)
-    prepare_t5_tokenizer(tok)
-    torch.manual_seed(0)
-    model = build_t5("tiny", tok, {"d_model": 64, "d_ff": 128, "num_layers": 2, "num_heads": 2, "d_kv": 32})
-    out = tmp_path_factory.mktemp("models") / "tiny-t5"
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def verses(tmp_path_factory):
     rows = [r for r in read_jsonl_gz(BUNDLED / "translation" / "bible_en_es.dev.jsonl.gz") if len(r["es"]) < 60][:4]
     return write_jsonl(tmp_path_factory.mktemp("verses") / "four.jsonl", rows * 8), rows

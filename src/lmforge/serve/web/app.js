@@ -127,6 +127,11 @@ async function loadModels() {
   $("#tab-classify").hidden = !hasClassify;
   $("#tab-chat").hidden = !hasGen;
   $("#tab-complete").hidden = !hasGen;
+  for (const page of document.querySelectorAll("section[data-route]")) {
+    const served = state.models.filter(answers(page.dataset.route));
+    fill(page.querySelector('[data-slot="model"]'), served);
+    $("#tab-" + page.dataset.route).hidden = served.length === 0;
+  }
   const current = document.querySelector('[role="tab"][aria-selected="true"]');
   if (!current || current.hidden) selectTab(document.querySelector('[role="tab"]:not([hidden])'));
   if (hasClassify) await showCard($("#model").value);
@@ -268,6 +273,54 @@ async function classify(event) {
   }
 }
 
+// ------------------------------------------------------------------ translate and summarize
+function buildSeq2seqPage(page) {
+  const form = $("#seq2seq-template").content.firstElementChild.cloneNode(true);
+  const slot = (name) => form.querySelector(`[data-slot="${name}"]`);
+  const route = page.dataset.route;
+  slot("title").textContent = page.dataset.title;
+  slot("submit").textContent = page.dataset.title;
+  slot("input").placeholder = page.dataset.placeholder;
+  for (const label of form.querySelectorAll("[data-for]")) {  // ids unique per page
+    const target = slot(label.dataset.for);
+    target.id = `${route}-${label.dataset.for}`;
+    label.htmlFor = target.id;
+  }
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const raw = slot("input").value;
+    const inputs = slot("per-line").checked ? raw.split("\n").map((s) => s.trim()).filter(Boolean) : [raw.trim()];
+    showError(slot("error"), "");
+    if (!inputs.length || !inputs[0]) { showError(slot("error"), "Type some text first."); return; }
+    const button = slot("submit");
+    button.disabled = true;
+    button.textContent = "Working…";
+    try {
+      const response = await api("/v1/" + route, {
+        method: "POST",
+        body: JSON.stringify({ model: slot("model").value || null, inputs, truncate: true,
+                               num_beams: Number(slot("beams").value) || 1,
+                               max_new_tokens: Number(slot("max-tokens").value) || 128 }),
+      });
+      const body = await response.json();
+      slot("outputs").replaceChildren(...body.results.map((r, i) => {
+        const li = document.createElement("li");
+        li.innerHTML = `${inputs.length > 1 ? `<div class="text">${esc(inputs[i])}</div>` : ""}<div class="output">${esc(r.text) || '<span class="muted">(empty)</span>'}</div>`;
+        return li;
+      }));
+    } catch (err) {
+      showError(slot("error"), explain(err));
+    } finally {
+      button.disabled = false;
+      button.textContent = page.dataset.title;
+    }
+  });
+  slot("input").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) form.requestSubmit();
+  });
+  page.appendChild(form);
+}
+
 // ------------------------------------------------------------------ streaming (chat and completions)
 async function* sse(response) {
   const reader = response.body.getReader();
@@ -388,6 +441,7 @@ function selectTab(tab) {
 }
 
 function wire() {
+  document.querySelectorAll("section[data-route]").forEach(buildSeq2seqPage);
   const tabs = [...document.querySelectorAll('[role="tab"]')];
   tabs.forEach((tab) => {
     tab.addEventListener("click", () => selectTab(tab));
