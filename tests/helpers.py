@@ -92,3 +92,11 @@ def write_tiny_llama_gguf(path: Path, tokenizer_dir: Path, *, hidden: int = 32, 
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def finetune_losses(cli, task: str, model: Path, data: Path, out: Path, *options: str) -> list[float]:
+    """Fine-tune ``task`` on ``data`` (also the dev data), logging every 5 steps; the training-loss curve."""
+    result = cli("finetune", task, "--model", model, "--data", data, "--eval", data, "--out", out, *options,
+                 "--set", "train.log_every=5")
+    assert result.code == 0, result.text
+    return [loss for _, loss in losses(out)]

@@ -118,13 +118,19 @@ def chat_server(chat_run, gpt_run):
         yield srv
 
 
-def test_chat_page_streams_a_reply(browser, chat_server):
-    page = browser.new_page(viewport={"width": 1000, "height": 800})
-    page.goto(chat_server.url)
+def open_tab(browser, server, tab: str, width: int, height: int):
+    """A page at this size, once the server is ready and the tab shows (its models are loaded), on that tab."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.goto(server.url)
     page.wait_for_selector("#status.pill-ok")
-    page.wait_for_selector("#tab-chat:not([hidden])")
+    page.wait_for_selector(f"#tab-{tab}:not([hidden])")
     assert page.locator("#tab-classify").is_hidden()  # no classifier loaded: the page opens on what there is
-    page.click("#tab-chat")
+    page.click(f"#tab-{tab}")
+    return page
+
+
+def test_chat_page_streams_a_reply(browser, chat_server):
+    page = open_tab(browser, chat_server, "chat", 1000, 800)
     page.click(".settings summary")  # sampling settings are folded away by default
     page.fill("#chat-temperature", "0")
     page.fill("#chat-input", "What is AI?")
@@ -199,12 +205,8 @@ def translation_server(tiny_t5_dir, tmp_path_factory):
 
 
 def test_translate_page_at_phone_width_answers_like_the_api(browser, translation_server):
-    page = browser.new_page(viewport={"width": 390, "height": 844})
-    page.goto(translation_server.url)
-    page.wait_for_selector("#status.pill-ok")
-    page.wait_for_selector("#tab-translate:not([hidden])")
-    assert page.locator("#tab-summarize").is_hidden() and page.locator("#tab-classify").is_hidden()
-    page.click("#tab-translate")
+    page = open_tab(browser, translation_server, "translate", 390, 844)
+    assert page.locator("#tab-summarize").is_hidden()
     page.fill("#translate-input", "In the beginning")
     page.fill("#page-translate [data-slot=beams]", "2")
     page.fill("#page-translate [data-slot=max-tokens]", "6")

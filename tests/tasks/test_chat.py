@@ -12,7 +12,7 @@ from lmforge.data.conversations import load_conversations
 from lmforge.errors import DataError
 from lmforge.tasks.chat_format import IM_END, encode_conversation, ensure_chat_tokens
 from tests.conftest import write_jsonl
-from tests.helpers import losses
+from tests.helpers import finetune_losses
 
 CONVERSATION = [
     {"role": "system", "content": "You are terse."},
@@ -53,10 +53,7 @@ def test_markers_are_added_to_a_tokenizer_without_them(bpe_dir, gpt_run):
 def test_chat_overfits_one_conversation_and_answers_it(tmp_path, gpt_run, cli):
     data = write_jsonl(tmp_path / "one.jsonl", [{"messages": CONVERSATION[1:3]}] * 16)
     out = tmp_path / "chat"
-    result = cli("finetune", "chat", "--model", gpt_run, "--data", data, "--eval", data, "--out", out,
-                 "--max-steps", "60", "--lr", "5e-3", "--batch-size", "8", "--set", "train.log_every=5")
-    assert result.code == 0, result.text
-    curve = [loss for _, loss in losses(out)]
+    curve = finetune_losses(cli, "chat", gpt_run, data, out, "--max-steps", "60", "--lr", "5e-3", "--batch-size", "8")
     assert curve[-1] < 0.2 * curve[0], curve
     proc = subprocess.run([sys.executable, "-m", "lmforge", "chat", str(out), "--temperature", "0"],
                           input="What is AI?\n/reset\nWhat is AI?\n/exit\n", capture_output=True, text=True, check=True,
@@ -122,11 +119,8 @@ def test_lora_fine_tuning_learns_and_saves_a_merged_model_and_the_adapter(tmp_pa
 
     data = write_jsonl(tmp_path / "one.jsonl", [{"messages": CONVERSATION[1:3]}] * 16)
     out = tmp_path / "lora"
-    result = cli("finetune", "chat", "--model", tiny_llama_dir, "--data", data, "--eval", data, "--out", out, "--lora",
-                 "--max-steps", "40", "--lr", "2e-2", "--batch-size", "8", "--set", "train.log_every=5",
-                 "--set", "lora.rank=8")
-    assert result.code == 0, result.text
-    curve = [loss for _, loss in losses(out)]
+    curve = finetune_losses(cli, "chat", tiny_llama_dir, data, out, "--lora", "--max-steps", "40", "--lr", "2e-2",
+                            "--batch-size", "8", "--set", "lora.rank=8")
     assert curve[-1] < 0.5 * curve[0], curve  # the adapters alone learn the conversation
     merged = AutoModelForCausalLM.from_pretrained(out / "model").eval()  # plain transformers, no peft
     assert not any("lora" in name for name, _ in merged.named_parameters())

@@ -123,7 +123,7 @@ def test_a_chat_model_learns_to_answer_a_request_for_a_function(tmp_path, tiny_l
     from lmforge.tasks.chat_format import encode_conversation
     from lmforge.tasks.code import CHAT_INSTRUCTION, as_conversation
     from tests.conftest import BUNDLED, read_jsonl_gz, write_jsonl
-    from tests.helpers import losses
+    from tests.helpers import finetune_losses
 
     conversation = as_conversation(CODE)
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
@@ -135,10 +135,8 @@ def test_a_chat_model_learns_to_answer_a_request_for_a_function(tmp_path, tiny_l
     rows = read_jsonl_gz(BUNDLED / "code" / "stdlib_functions.train.jsonl.gz", 4)
     data = write_jsonl(tmp_path / "four.jsonl", rows * 4)
     out = tmp_path / "code"
-    result = cli("finetune", "code", "--model", tiny_llama_dir, "--data", data, "--eval", data, "--out", out,
-                 "--max-steps", "40", "--lr", "1e-2", "--batch-size", "4", "--set", "train.log_every=5")
-    assert result.code == 0, result.text
-    curve = [loss for _, loss in losses(out)]
+    curve = finetune_losses(cli, "code", tiny_llama_dir, data, out, "--max-steps", "40", "--lr", "1e-2",
+                            "--batch-size", "4")
     assert curve[-1] < 0.5 * curve[0], curve
     info = (out / "lmforge.yaml").read_text()
     assert "format: 'chat: asked for the function" in info

@@ -58,3 +58,21 @@ ApiKey = Depends(require_api_key)
 Ready = Depends(require_ready)
 Registry = Annotated[ModelRegistry, Depends(get_registry)]
 Settings = Annotated[ServeSettings, Depends(get_settings)]
+
+
+def request_texts(inputs: str | list[str], settings) -> list[str]:
+    """The texts of a classify/translate/summarize request, checked against the server's limits (422 naming the
+    input that breaks one)."""
+    texts = [inputs] if isinstance(inputs, str) else inputs
+    if not texts:
+        raise HTTPException(422, "inputs is empty: send a text or a list of texts")
+    if len(texts) > settings.max_batch_inputs:
+        raise HTTPException(422, f"{len(texts)} inputs in one request; the limit is {settings.max_batch_inputs}: "
+                                 "split them over several requests")
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise HTTPException(422, f"input {i} is empty")
+        if len(text) > settings.max_input_chars:
+            raise HTTPException(422, f"input {i} has {len(text):,} characters; the limit is "
+                                     f"{settings.max_input_chars:,}")
+    return texts

@@ -5,7 +5,7 @@ import functools
 
 from fastapi import APIRouter, HTTPException
 
-from lmforge.serve.deps import ApiKey, Ready, Registry, Settings, find_model
+from lmforge.serve.deps import ApiKey, Ready, Registry, Settings, find_model, request_texts
 from lmforge.serve.schemas import ERRORS, ClassifyRequest, ClassifyResponse
 
 ROUTE = "classify"  # what a task lists in its ``routes`` to be served here (lmforge.tasks.registry)
@@ -15,18 +15,7 @@ router = APIRouter(prefix="/v1", tags=["classify"], dependencies=[ApiKey, Ready]
 @router.post("/classify", response_model=ClassifyResponse, summary="classify one text or a batch",
              responses=ERRORS)
 async def classify(body: ClassifyRequest, registry: Registry, settings: Settings) -> dict:
-    texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-    if not texts:
-        raise HTTPException(422, "inputs is empty: send a text or a list of texts")
-    if len(texts) > settings.max_batch_inputs:
-        raise HTTPException(422, f"{len(texts)} inputs in one request; the limit is {settings.max_batch_inputs}: "
-                                 "split them over several requests")
-    for i, text in enumerate(texts):
-        if not text.strip():
-            raise HTTPException(422, f"input {i} is empty")
-        if len(text) > settings.max_input_chars:
-            raise HTTPException(422, f"input {i} has {len(text):,} characters; the limit is "
-                                     f"{settings.max_input_chars:,}")
+    texts = request_texts(body.inputs, settings)
     served = find_model(registry, body.model, ROUTE)
     # What a request costs is the windows its texts are read as (one each unless the model reads long texts in
     # windows); InputTooLong -> 422 naming the inputs. Tokenizing 64 long inputs takes ~0.25 s of CPU, so it runs off

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import functools
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 
-from lmforge.serve.deps import ApiKey, Ready, Registry, Settings, find_model
+from lmforge.serve.deps import ApiKey, Ready, Registry, Settings, find_model, request_texts
 from lmforge.serve.schemas import ERRORS, Seq2SeqRequest, Seq2SeqResponse
 
 
@@ -21,18 +21,7 @@ def seq2seq_router(route: str, summary: str) -> APIRouter:
 
     @router.post(f"/{route}", response_model=Seq2SeqResponse, summary=summary, responses=ERRORS)
     async def answer(body: Seq2SeqRequest, registry: Registry, settings: Settings) -> dict:
-        texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-        if not texts:
-            raise HTTPException(422, "inputs is empty: send a text or a list of texts")
-        if len(texts) > settings.max_batch_inputs:
-            raise HTTPException(422, f"{len(texts)} inputs in one request; the limit is {settings.max_batch_inputs}: "
-                                     "split them over several requests")
-        for i, text in enumerate(texts):
-            if not text.strip():
-                raise HTTPException(422, f"input {i} is empty")
-            if len(text) > settings.max_input_chars:
-                raise HTTPException(422, f"input {i} has {len(text):,} characters; the limit is "
-                                         f"{settings.max_input_chars:,}")
+        texts = request_texts(body.inputs, settings)
         served = find_model(registry, body.model, route)
         decoding = body.model_dump(include={"num_beams", "max_new_tokens", "length_penalty", "no_repeat_ngram_size"})
         run = functools.partial(served.pipeline.predict, texts, truncate=body.truncate, **decoding)
