@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -136,3 +137,16 @@ def test_lora_fine_tuning_learns_and_saves_a_merged_model_and_the_adapter(tmp_pa
     assert not torch.allclose(merged(ids).logits, before, atol=1e-3)  # and training did change the model
     info = __import__("yaml").safe_load((out / "lmforge.yaml").read_text())
     assert info["config"]["lora"]["enabled"] is True and info["config"]["lora"]["rank"] == 8
+
+
+def test_batches_of_long_examples_are_split_to_a_token_budget():
+    from lmforge.tasks.chat_format import ChatBatches
+
+    rng = np.random.default_rng(0)
+    encoded = [([1] * int(n), [1] * int(n)) for n in rng.integers(10, 500, size=200)]
+    source = ChatBatches(encoded, batch_size=16, seed=0, pad_id=0, max_tokens=2048)
+    shapes = [source.batch(0, i)["input_ids"].shape for i in range(source.num_batches(0))]
+    assert all(rows * width <= 2048 or rows == 1 for rows, width in shapes)
+    assert max(rows for rows, _ in shapes) == 16 and sum(rows for rows, _ in shapes) == 200
+    seen = sorted(int(i) for b in source._order(0) for i in b)
+    assert seen == list(range(200))

@@ -72,17 +72,33 @@ def encode_conversation(tokenizer, messages: list[dict], max_length: int) -> tup
     return ids[:max_length], labels[:max_length]
 
 
+def capped(batches: list[np.ndarray], lengths: np.ndarray, max_tokens: int | None) -> list[np.ndarray]:
+    """Batches split where ``rows x longest row`` would pass ``max_tokens``: long examples come fewer at a time, so
+    the memory a step needs stays bounded (a batch of 16 conversations of 512 tokens through a 135M-parameter model
+    with LoRA took 24 GB)."""
+    if not max_tokens:
+        return batches
+    out = []
+    for batch in batches:
+        per = max(1, max_tokens // max(1, int(lengths[batch].max())))
+        out += [batch[i : i + per] for i in range(0, len(batch), per)]
+    return out
+
+
 class ChatBatches:
-    def __init__(self, encoded: list[tuple[list[int], list[int]]], batch_size: int, seed: int, pad_id: int) -> None:
+    def __init__(self, encoded: list[tuple[list[int], list[int]]], batch_size: int, seed: int, pad_id: int,
+                 max_tokens: int | None = None) -> None:
         self.encoded, self.batch_size, self.seed, self.pad_id = encoded, batch_size, seed, pad_id
+        self.max_tokens = max_tokens
         self.lengths = np.asarray([len(ids) for ids, _ in encoded])
 
     @lru_cache(maxsize=2)  # noqa: B019 - two epochs' orders, alive as long as the batch source itself
     def _order(self, epoch: int) -> list[np.ndarray]:
-        return length_grouped_batches(self.lengths, self.batch_size, np.random.default_rng([self.seed, epoch, 3]))
+        batches = length_grouped_batches(self.lengths, self.batch_size, np.random.default_rng([self.seed, epoch, 3]))
+        return capped(batches, self.lengths, self.max_tokens)
 
     def num_batches(self, epoch: int) -> int:
-        return -(-len(self.encoded) // self.batch_size)
+        return len(self._order(epoch))
 
     def batch(self, epoch: int, index: int) -> dict:
         return collate([self.encoded[i] for i in self._order(epoch)[index]], self.pad_id)
@@ -102,5 +118,9 @@ def collate(items: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-def conversation_batches(encoded: list, batch_size: int, pad_id: int) -> list[dict]:
-    return [collate(encoded[i : i + batch_size], pad_id) for i in range(0, len(encoded), batch_size)]
+def conversation_batches(encoded: list, batch_size: int, pad_id: int, max_tokens: int | None = None) -> list[dict]:
+    """Fixed evaluation batches, in order (split as :func:`capped` says)."""
+    order = np.arange(len(encoded))
+    batches = capped([order[i : i + batch_size] for i in range(0, len(encoded), batch_size)],
+                     np.asarray([len(ids) for ids, _ in encoded]), max_tokens)
+    return [collate([encoded[i] for i in batch], pad_id) for batch in batches]

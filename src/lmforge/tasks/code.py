@@ -149,10 +149,11 @@ def _chat_task(rows: list[dict], dev_rows: list[dict], config: FinetuneCodeConfi
         raise DataError(f"{config.data} has no function with a docstring and a body to learn from",
                         fix="check the code field")
     pad_id = tokenizer.pad_token_id
-    dev_batches = conversation_batches(dev, config.train.batch_size, pad_id)
+    max_tokens = config.train.batch_size * config.seq_len  # what a packed batch holds: long functions come fewer at once
+    dev_batches = conversation_batches(dev, config.train.batch_size, pad_id, max_tokens)
     return TaskSpec(
         name="finetune code", model=lm_objective(decoder.model),
-        train_data=ChatBatches(train, config.train.batch_size, config.train.seed, pad_id),
+        train_data=ChatBatches(train, config.train.batch_size, config.train.seed, pad_id, max_tokens),
         save_model=decoder.save, evaluate=(lambda wrapper: score_lm(wrapper.model, dev_batches)) if dev else None,
         best_metric="loss" if dev else None, greater_is_better=False,
         count_tokens=lambda b: int(b["attention_mask"].sum()), eval_size=len(dev),
