@@ -65,10 +65,11 @@ class Reading:
     def from_config(cls, config: dict, max_length: int | None = None) -> Reading:
         """From a classify run's config (lmforge.yaml); truncation at 128 tokens when it says nothing."""
         settings = config.get("long_inputs") or {}
-        return cls(strategy=settings.get("strategy", "truncate"),
-                   max_length=int(max_length or config.get("max_length") or 128), stride=settings.get("stride"),
-                   max_windows=int(settings.get("max_windows", 16)),
-                   head_fraction=float(settings.get("head_fraction", 0.25)), pool=settings.get("pool", "mean"))
+        return cls(strategy=settings.get("strategy", cls.strategy),
+                   max_length=int(max_length or config.get("max_length") or cls.max_length),
+                   stride=settings.get("stride"), max_windows=int(settings.get("max_windows", cls.max_windows)),
+                   head_fraction=float(settings.get("head_fraction", cls.head_fraction)),
+                   pool=settings.get("pool", cls.pool))
 
     def overlap(self, budget: int) -> int:
         return min(budget - 1, max(0, budget // 4 if self.stride is None else self.stride))

@@ -21,14 +21,19 @@ def sentinel_tokens(count: int = SENTINELS) -> list[str]:
     return [f"<extra_id_{i}>" for i in range(count)]
 
 
+def noise_counts(length: int, density: float = 0.15, mean_span: float = 3.0) -> tuple[int, int]:
+    """How many of ``length`` tokens are dropped, and in how many spans (see :func:`noise_mask`)."""
+    noise = int(min(max(round(length * density), 1), length - 1))
+    return noise, int(min(max(round(noise / mean_span), 1), noise, length - noise))
+
+
 def noise_mask(length: int, rng: np.random.Generator, density: float = 0.15, mean_span: float = 3.0) -> np.ndarray:
     """Which of ``length`` tokens are dropped: ``round(length * density)`` of them (at least 1, at most length - 1),
     in ``round(noise / mean_span)`` spans (at least 1), noise and kept spans alternating, the sequence starting with
     kept tokens. The span lengths are a random partition of each total, as in T5's ``random_spans_noise_mask``."""
     if length < 2:
         return np.zeros(length, dtype=bool)
-    noise = int(min(max(round(length * density), 1), length - 1))
-    spans = int(min(max(round(noise / mean_span), 1), noise, length - noise))
+    noise, spans = noise_counts(length, density, mean_span)
 
     def partition(total: int) -> np.ndarray:  # ``spans`` positive parts summing to ``total``
         cuts = np.sort(rng.choice(np.arange(1, total), size=spans - 1, replace=False)) if spans > 1 else []

@@ -105,11 +105,11 @@ class ClassificationPipeline(Pipeline):
             reading.update(max_windows=self.reading.max_windows, pool=self.reading.pool)
         return {**super().describe(), "labels": self.labels, "max_length": self.max_length, **reading}
 
-    def _pieces(self, texts: list[str], truncate: bool) -> list[list[list[int]]]:
+    def _contents(self, texts: list[str], truncate: bool) -> list[list[int]]:
         contents = self._content(texts)
         if not truncate:
             self._check(contents)
-        return [self.reading.pieces(c, self.framing) for c in contents]
+        return contents
 
     def _check(self, contents: list[list[int]]) -> None:
         """InputTooLong naming every input the model would not read whole (truncate and windows past the cap)."""
@@ -129,9 +129,9 @@ class ClassificationPipeline(Pipeline):
 
     def cost(self, texts: list[str], *, truncate: bool = True) -> list[int]:
         """How many windows each text is read as (what it costs the server); InputTooLong as ``predict`` would."""
-        contents = self._content(texts)
-        if not truncate:
-            self._check(contents)
+        if truncate and self.reading.strategy != "windows":  # one piece each: nothing to tokenize for
+            return [1] * len(texts)
+        contents = self._contents(texts, truncate)
         return [min(self.reading.windows_needed(len(c), self.framing), self.reading.max_windows) for c in contents]
 
     @torch.inference_mode()
@@ -139,7 +139,7 @@ class ClassificationPipeline(Pipeline):
         """Per text, one row of logits (its windows' pooled) and how many windows it was read as."""
         from lmforge.data.long_inputs import flatten, pool
 
-        pieces = self._pieces(texts, truncate)
+        pieces = [self.reading.pieces(c, self.framing) for c in self._contents(texts, truncate)]
         flat, owner = flatten(pieces)
         out = np.zeros((len(flat), len(self.labels)), dtype=np.float32)
         for index in sorted_batches([len(x) for x in flat], batch_size):

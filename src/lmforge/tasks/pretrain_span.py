@@ -17,7 +17,7 @@ from pydantic import Field
 
 from lmforge.config import PretrainConfig
 from lmforge.data.readers import corpus_files
-from lmforge.data.span_corruption import SENTINELS, corrupt, noise_mask, sentinel_tokens
+from lmforge.data.span_corruption import SENTINELS, corrupt, noise_counts, noise_mask, sentinel_tokens
 from lmforge.data.token_cache import split_documents, token_cache
 from lmforge.errors import DataError
 from lmforge.rundir import RunDir
@@ -39,8 +39,7 @@ class SpanCorruptionConfig(PretrainConfig):
 def raw_length(seq_len: int, density: float, mean_span: float) -> int:
     """The longest chunk whose corrupted input (kept tokens + one sentinel per span + end of text) fits ``seq_len``."""
     def input_length(raw: int) -> int:
-        noise = min(max(round(raw * density), 1), raw - 1)
-        spans = min(max(round(noise / mean_span), 1), noise, raw - noise)
+        noise, spans = noise_counts(raw, density, mean_span)
         return raw - noise + spans + 1
 
     raw = seq_len
@@ -112,7 +111,7 @@ def prepare_span(config: SpanCorruptionConfig):
     cache = token_cache(tokenizer, files)
     train_docs, eval_docs = split_documents(cache, config.eval_fraction)
     raw = raw_length(config.seq_len, config.noise_density, config.mean_span)
-    if round(round(raw * config.noise_density) / config.mean_span) > SENTINELS:
+    if noise_counts(raw, config.noise_density, config.mean_span)[1] > SENTINELS:
         raise DataError(f"seq_len {config.seq_len} would need more than {SENTINELS} noise spans per sequence",
                         fix="lower --seq-len or raise mean_span")
     train_stream = document_stream(cache, train_docs, eos)
