@@ -54,10 +54,17 @@ def time_lmforge(task, run, train_config, warmup: int, examples_per_step: int = 
 
 
 def time_trainer(model, rows: list[dict], collator, work: Path, *, batch_size: int, steps: int, lr: float, warmup: int,
-                 examples_per_step: int = 0, **training_args) -> dict[str, float]:
-    """The plain Hugging Face Trainer on ``rows``, timed per optimizer step; tokens are the batches' real (unpadded)
-    tokens. Extra keyword arguments go to ``TrainingArguments`` (weight_decay, warmup_steps, ...)."""
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+                 examples_per_step: int = 0, seq2seq: bool = False, **training_args) -> dict[str, float]:
+    """The plain Hugging Face Trainer (``Seq2SeqTrainer`` with ``seq2seq``) on ``rows``, timed per optimizer step;
+    tokens are the batches' real (unpadded) input tokens, and target tokens with ``seq2seq``. Extra keyword arguments go to ``TrainingArguments``
+    (weight_decay, warmup_steps, ...)."""
+    from transformers import (
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     clock = StepClock(warmup)
     counted = {"tokens": 0}
@@ -66,6 +73,8 @@ def time_trainer(model, rows: list[dict], collator, work: Path, *, batch_size: i
         batch = collator(features)
         mask = batch.get("attention_mask")
         counted["tokens"] += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        if seq2seq:  # an encoder-decoder reads the target too
+            counted["tokens"] += int((batch["labels"] != -100).sum())
         return batch
 
     class Clock(TrainerCallback):
@@ -74,12 +83,12 @@ def time_trainer(model, rows: list[dict], collator, work: Path, *, batch_size: i
             counted["tokens"] = 0
 
     cuda = torch.cuda.is_available()
-    targs = TrainingArguments(
+    targs = (Seq2SeqTrainingArguments if seq2seq else TrainingArguments)(
         output_dir=str(work / "hf"), per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=lr,
         logging_steps=10_000, save_strategy="no", report_to="none", disable_tqdm=True, bf16=cuda,
         dataloader_num_workers=0, use_cpu=not cuda, seed=0, **training_args,
     )
-    Trainer(model=model, args=targs, train_dataset=rows, data_collator=collate, callbacks=[Clock()]).train()
+    (Seq2SeqTrainer if seq2seq else Trainer)(model=model, args=targs, train_dataset=rows, data_collator=collate, callbacks=[Clock()]).train()
     return clock.rate()
 
 
@@ -89,15 +98,15 @@ def hardware() -> str:
     return f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()})"
 
 
-def report(name: str, unit: str, ours: dict, theirs: dict, extra: dict) -> dict:
+def report(name: str, unit: str, ours: dict, theirs: dict, extra: dict, theirs_name: str = "Hugging Face Trainer") -> dict:
     ratio = ours[unit] / theirs[unit]
     print(f"\n== {name} on {hardware()}")
     for key, value in extra.items():
         print(f"   {key}: {value}")
     print(f"   {'':28s} {unit:>16s}  steps  seconds")
-    print(f"   {'Hugging Face Trainer':28s} {theirs[unit]:16.1f}  {theirs['steps']:5d}  {theirs['seconds']:7.1f}")
+    print(f"   {theirs_name:28s} {theirs[unit]:16.1f}  {theirs['steps']:5d}  {theirs['seconds']:7.1f}")
     print(f"   {'lmforge':28s} {ours[unit]:16.1f}  {ours['steps']:5d}  {ours['seconds']:7.1f}")
-    print(f"   ratio lmforge / Trainer: {ratio:.2f}x")
+    print(f"   ratio lmforge / {theirs_name}: {ratio:.2f}x")
     OUT.mkdir(exist_ok=True)
     result = {"benchmark": name, "hardware": hardware(), "unit": unit, "lmforge": ours, "trainer": theirs,
               "ratio": ratio, **extra, "torch": torch.__version__}

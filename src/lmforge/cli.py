@@ -457,11 +457,18 @@ def _seq2seq_command(task: str, doing: str) -> Callable:
                help="beam width (1: greedy); default: the run's"),
         option("max_new_tokens", int | None, None, "--max-new-tokens", min=1, metavar="N",
                help="longest output in tokens; default: the run's"),
+        option("sample", bool, False, "--sample", help="sample tokens instead of taking the likeliest"),
+        option("temperature", float | None, None, "--temperature", min=0.01, metavar="X",
+               help="with --sample: divide the logits by this (below 1: safer)"),
+        option("top_p", float | None, None, "--top-p", min=0.01, max=1.0, metavar="P",
+               help="with --sample: sample from the likeliest tokens holding this much probability"),
+        option("seed", int | None, None, "--seed", metavar="N", help="with --sample: make the samples repeatable"),
         option("overwrite", bool, False, "--overwrite", help="replace an existing --output file"),
     ]
 
     def command(run: Path, texts: list[str] | None, input_: str | None, output: Path | None, text_field: str,
-                num_beams: int | None, max_new_tokens: int | None, overwrite: bool) -> None:
+                num_beams: int | None, max_new_tokens: int | None, sample: bool, temperature: float | None,
+                top_p: float | None, seed: int | None, overwrite: bool) -> None:
         from lmforge.inference.pipelines import Seq2SeqPipeline
         from lmforge.stages import load
 
@@ -470,7 +477,12 @@ def _seq2seq_command(task: str, doing: str) -> Callable:
         if not isinstance(pipeline, Seq2SeqPipeline):
             raise LmforgeError(f"'{run}' is a {pipeline.task} model, not a sequence-to-sequence one",
                                fix=f"give a run of `lmforge finetune {task}`")
-        results = pipeline.predict(items, num_beams=num_beams, max_new_tokens=max_new_tokens)
+        if seed is not None:
+            import torch
+
+            torch.manual_seed(seed)
+        results = pipeline.predict(items, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                                   do_sample=True if sample else None, temperature=temperature, top_p=top_p)
         _write_results([{"input": t, "output": r["text"]} for t, r in zip(items, results)], output)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

@@ -301,3 +301,47 @@ def build_t5(size: str, tokenizer: Any, arch: dict | None = None):
 
         raise ConfigError(f"invalid model shape {shape}: {exc}", fix="check the arch.* overrides") from None
     return T5ForConditionalGeneration(config)
+
+
+def text2text_family(spec: str | Path) -> str:
+    """How a model becomes a text-to-text model: ``encoder-decoder`` (T5, BART, a span-corruption run) as it is,
+    ``decoder`` (a causal LM: smollm2, a CLM run) prompted with an instruction, or ``encoder`` (a BERT: minilm, an
+    MLM run) warm-starting both halves of an ``EncoderDecoderModel`` (BERT2BERT)."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    from lmforge.errors import ModelLoadError
+
+    config = load_config(spec)
+    architectures = config.architectures or []
+    if getattr(config, "is_encoder_decoder", False):
+        return "encoder-decoder"
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        return "decoder"
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return "encoder" if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "decoder"
+    raise ModelLoadError(f"{spec} ({config.model_type}) can neither generate text nor warm-start a decoder",
+                         where="--model", fix="give an encoder-decoder (a span-corruption run, T5, BART), a causal LM "
+                         "(smollm2, a CLM run) or a BERT-style encoder (minilm, an MLM run)")
+
+
+def build_bert2bert(spec: str | Path, tokenizer: Any):
+    """An ``EncoderDecoderModel`` whose encoder and decoder both start from the encoder ``spec`` (the decoder gets
+    causal self-attention and fresh cross-attention); it starts decoding at [CLS] and stops at [SEP]."""
+    import warnings
+
+    from transformers import EncoderDecoderModel
+
+    quiet_transformers()
+    # transformers warns at every step with labels that its loss moved inside the model in v4.12: nothing to act on
+    warnings.filterwarnings("ignore", message="Version v4.12.0 introduces", category=FutureWarning)
+    path = resolve_model_path(spec)
+    model = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path, use_safetensors=True)
+    eos = tokenizer.sep_token_id if tokenizer.eos_token_id is None else tokenizer.eos_token_id
+    start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    for config in (model.config, model.generation_config):
+        config.decoder_start_token_id, config.eos_token_id = start, eos
+        config.pad_token_id = tokenizer.pad_token_id
+    return model

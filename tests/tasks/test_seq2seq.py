@@ -62,11 +62,73 @@ def test_summaries_score_against_lead_1(cli, tiny_t5_dir, tmp_path):
     assert scored["baseline"]["name"] == "lead-1" and scored["baseline"]["rougeLsum"] > 0
 
 
-def test_a_decoder_only_model_is_refused_before_anything_is_written(cli, gpt_run, verses, tmp_path):
+def test_a_causal_lm_learns_translation_as_an_exchange_and_transformers_answers_the_same(cli, gpt_run, verses,
+                                                                                          tmp_path):
+    """A CLM run is asked the instruction and the verse as a chat exchange (ChatML: it has no template of its own)
+    and learns to answer with the translation; the saved folder's own chat template reproduces the prompt."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import lmforge
+
+    data, rows = verses
+    out = tmp_path / "mt-gpt"
+    result = cli("finetune", "translate", "--model", gpt_run, "--data", data, "--eval", data, "--out", out,
+                 "--max-steps", "300", "--lr", "3e-3", "--batch-size", "8", "--num-beams", "1",
+                 "--set", "train.warmup=0", "--set", "train.threads=1")
+    assert result.code == 0, result.text
+    pipeline = lmforge.load(out)
+    assert pipeline.causal and "Spanish" in pipeline.instruction
+    assert [r["text"] for r in pipeline.predict([r["en"] for r in rows])] == [r["es"] for r in rows]
+    # sampling from the single likeliest token is greedy decoding: the sampling options reach generate
+    assert pipeline.predict(rows[0]["en"], do_sample=True, top_k=1)[0]["text"] == rows[0]["es"]
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    model = AutoModelForCausalLM.from_pretrained(out / "model").eval()
+    prompt = tok.apply_chat_template([{"role": "user", "content": f"{pipeline.instruction}\n\n{rows[0]['en']}"}],
+                                     add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        ids = model.generate(**prompt, max_new_tokens=64, do_sample=False)
+    assert tok.decode(ids[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True).strip() == rows[0]["es"]
+    scored = json.loads(cli("evaluate", out, "--data", data, "--json").out)
+    assert scored["bleu"] == pytest.approx(100)
+
+
+def test_bert2bert_warm_starts_from_an_encoder(cli, tiny_bert_dir, tmp_path):
+    """An encoder (a BERT with MLM heads) becomes both halves of an EncoderDecoderModel and learns short summaries;
+    plain transformers loads it as a seq2seq model."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    import lmforge
+
+    rows = [{"text": "it is a truth universally acknowledged that a single man must be in want of a wife",
+             "summary": "a single man"},
+            {"text": "she was the youngest of the two daughters of a most affectionate father", "summary": "the youngest"},
+            {"text": "the family of dashwood had long been settled in sussex", "summary": "the family"}]
+    data = write_jsonl(tmp_path / "three.jsonl", rows * 8)
+    out = tmp_path / "b2b"
+    result = cli("finetune", "summarize", "--model", tiny_bert_dir, "--data", data, "--eval", data, "--out", out,
+                 "--max-steps", "250", "--lr", "3e-3", "--batch-size", "8", "--num-beams", "1",
+                 "--set", "train.warmup=0", "--set", "train.threads=1")
+    assert result.code == 0, result.text
+    assert "family: encoder" in (out / "lmforge.yaml").read_text()
+    assert [r["text"] for r in lmforge.load(out).predict([r["text"] for r in rows])] == [r["summary"] for r in rows]
+    model = AutoModelForSeq2SeqLM.from_pretrained(out / "model")
+    assert type(model).__name__ == "EncoderDecoderModel" and model.config.decoder.add_cross_attention
+
+
+def test_lora_is_for_causal_lms_and_the_refusal_writes_nothing(cli, tiny_t5_dir, verses, tmp_path):
     data, _ = verses
-    result = cli("finetune", "translate", "--model", gpt_run, "--data", data, "--out", tmp_path / "x")
-    assert result.code == 2 and "not an encoder-decoder" in result.err and "--model" in result.err
+    result = cli("finetune", "translate", "--model", tiny_t5_dir, "--data", data, "--out", tmp_path / "x", "--lora")
+    assert result.code == 2 and "--lora" in result.err and "encoder-decoder" in result.err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_model_that_cannot_generate_is_refused(cli, tmp_path, verses):
+    from transformers import DistilBertConfig, DistilBertModel
+
+    folder = tmp_path / "distil"
+    DistilBertModel(DistilBertConfig(dim=32, n_layers=1, n_heads=2, hidden_dim=64)).save_pretrained(folder)
+    result = cli("finetune", "translate", "--model", folder, "--data", verses[0], "--out", tmp_path / "x")
+    assert result.code == 2 and "neither generate text nor warm-start a decoder" in result.err
 
 
 def test_served_translation_and_its_limits(cli, tiny_t5_dir, verses, tmp_path):

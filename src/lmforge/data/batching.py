@@ -10,8 +10,10 @@ if TYPE_CHECKING:
     import torch
 
 
-def pad_batch(sequences: list[list[int]] | list[np.ndarray], pad_id: int, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest sequence (rounded up to ``multiple``): ``input_ids`` and ``attention_mask`` [B, T]."""
+def pad_batch(sequences: list[list[int]] | list[np.ndarray], pad_id: int, multiple: int = 1, *,
+              left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad to the longest sequence (rounded up to ``multiple``): ``input_ids`` and ``attention_mask`` [B, T]. Right
+    padding, or ``left`` (a causal LM generating after its prompts)."""
     import torch
 
     lengths = [len(s) for s in sequences]
@@ -20,8 +22,9 @@ def pad_batch(sequences: list[list[int]] | list[np.ndarray], pad_id: int, multip
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, (seq, n) in enumerate(zip(sequences, lengths)):
-        ids[row, :n] = torch.as_tensor(seq, dtype=torch.long)
-        mask[row, :n] = 1
+        where = slice(width - n, width) if left else slice(0, n)
+        ids[row, where] = torch.as_tensor(seq, dtype=torch.long)
+        mask[row, where] = 1
     return ids, mask
 
 

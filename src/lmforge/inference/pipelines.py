@@ -276,45 +276,77 @@ class FillMaskPipeline(Pipeline):
 
 
 class Seq2SeqPipeline(Pipeline):
-    """Encoder-decoders (span-corruption runs, any HF seq2seq folder): text in, text out, greedy or beam search. A
+    """Text in, text out (translation, summarization), greedy, beam search or sampling. An encoder-decoder (a
+    span-corruption run, BERT2BERT, any HF seq2seq folder) reads the text; a causal LM (a translate or summarize run
+    from smollm2 or a CLM run) is asked its run's instruction and the text as a chat exchange and answers. A
     span-corruption run fills in its sentinels: ``"The <extra_id_0> sat on the mat."``."""
 
     kind = "text2text-generation"
 
-    def __init__(self, model_dir: Path, **kwargs: Any) -> None:
+    def __init__(self, model_dir: Path, *, instruction: str | None = None, **kwargs: Any) -> None:
         super().__init__(model_dir, **kwargs)
-        from transformers import AutoModelForSeq2SeqLM
+        from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-        from lmforge.models import from_pretrained, load_tokenizer
+        from lmforge.models import from_pretrained, load_config, load_tokenizer
 
         self.tokenizer = load_tokenizer(self.model_dir)
-        self.model = from_pretrained(AutoModelForSeq2SeqLM, self.model_dir)
-        self.model.to(self.device).eval()
+        self.causal = not getattr(load_config(self.model_dir), "is_encoder_decoder", False)
         config = self.info.get("config") or {}
-        self.prefix = config.get("prefix") or ""  # a fine-tuned run's input prefix and decoding settings
+        if self.causal:
+            from lmforge.tasks.chat_format import ensure_chat_tokens, stop_on_turn_end
+
+            self.model = from_pretrained(AutoModelForCausalLM, self.model_dir, attn_implementation="sdpa")
+            ensure_chat_tokens(self.tokenizer, self.model)  # ChatML for a model without a template, as its run had
+            stop_on_turn_end(self.model, self.tokenizer)
+        else:
+            self.model = from_pretrained(AutoModelForSeq2SeqLM, self.model_dir)
+        self.model.to(self.device).eval()
+        self.prefix = config.get("prefix") or ""  # a fine-tuned run's input prefix, instruction and decoding settings
+        self.instruction = instruction or config.get("instruction") or "Rewrite this text."
         self.decoding = {"num_beams": 1, "max_new_tokens": 64, **(config.get("decoding") or {})}
         self.max_length = int(config.get("max_source_length") or min(self.tokenizer.model_max_length or 512, 4096))
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "max_length": self.max_length, "decoding": self.decoding}
 
+    def _encode(self, texts: list[str], truncate: bool) -> list[list[int]]:
+        """Token ids of the model's inputs: the text (with the run's prefix), or for a causal LM the rendered chat
+        exchange that asks for its output. Over-long texts are cut to max_length tokens, or refused."""
+        if not self.causal:
+            encoded = self.tokenizer([self.prefix + t for t in texts], truncation=truncate,
+                                     max_length=self.max_length, verbose=False)["input_ids"]
+            if not truncate:
+                check_lengths([len(x) for x in encoded], self.max_length)
+            return encoded
+        from lmforge.tasks.seq2seq import as_exchange, source_cutter
+
+        if not truncate:
+            check_lengths([len(x) for x in self.tokenizer(texts, add_special_tokens=False)["input_ids"]],
+                          self.max_length)
+        cut = source_cutter(self.tokenizer, self.max_length)
+        prompts = [self.tokenizer.apply_chat_template(as_exchange(self.instruction, cut(t)), tokenize=False,
+                                                      add_generation_prompt=True) for t in texts]
+        return self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+
     @torch.inference_mode()
     def predict(self, texts: str | list[str], *, batch_size: int = 16, truncate: bool = True,
                 **decoding: Any) -> list[dict]:
         """Per text: ``{"text"}``, the generated output (special tokens other than sentinels removed). ``decoding``
-        overrides the run's: num_beams, max_new_tokens, length_penalty, no_repeat_ngram_size, ..."""
+        overrides the run's: num_beams, max_new_tokens, length_penalty, no_repeat_ngram_size, do_sample,
+        temperature, top_p, top_k."""
+        from lmforge.tasks.seq2seq import generate_options
+
         texts = [texts] if isinstance(texts, str) else list(texts)
-        settings = {**self.decoding, **{k: v for k, v in decoding.items() if v is not None}}
-        encoded = self.tokenizer([self.prefix + t for t in texts], truncation=truncate, max_length=self.max_length,
-                                 verbose=False)["input_ids"]
-        if not truncate:
-            check_lengths([len(x) for x in encoded], self.max_length)
+        settings = generate_options({**self.decoding, **{k: v for k, v in decoding.items() if v is not None}})
+        encoded = self._encode(texts, truncate)
         drop = {t for t in self.tokenizer.all_special_tokens if not SENTINEL.fullmatch(t)}
+        pad_id = self.tokenizer.pad_token_id or 0
         results: list[dict] = [{} for _ in texts]
         for index in sorted_batches([len(x) for x in encoded], batch_size):
-            ids, mask = pad_batch([encoded[i] for i in index], self.tokenizer.pad_token_id or 0)
-            out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                      do_sample=False, **settings)
+            ids, mask = pad_batch([encoded[i] for i in index], pad_id, left=self.causal)
+            out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **settings)
+            if self.causal:
+                out = out[:, ids.shape[1]:]  # what follows the prompt
             for row, i in enumerate(index):
                 tokens = [t for t in self.tokenizer.convert_ids_to_tokens(out[row].tolist()) if t not in drop]
                 results[i] = {"text": self.tokenizer.convert_tokens_to_string(tokens).strip()}

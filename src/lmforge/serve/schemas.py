@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,6 +43,13 @@ class Seq2SeqRequest(Strict):
     max_new_tokens: int | None = Field(None, ge=1, le=512, description="longest output in tokens; default: the run's")
     length_penalty: float | None = Field(None, ge=-5, le=5, description="beam scores are divided by length ** this")
     no_repeat_ngram_size: int | None = Field(None, ge=0, le=10, description="never repeat an n-gram of this size")
+    do_sample: bool | None = Field(None, description="sample instead of taking the likeliest tokens; default: the run's")
+    temperature: float | None = Field(None, gt=0, le=5, description="sampling: divide the logits by this")
+    top_p: float | None = Field(None, gt=0, le=1, description="sampling: nucleus mass to sample from")
+    top_k: int | None = Field(None, ge=0, le=1000, description="sampling: the k likeliest tokens only (0: off)")
+
+    DECODING: ClassVar[set[str]] = {"num_beams", "max_new_tokens", "length_penalty", "no_repeat_ngram_size",
+                                    "do_sample", "temperature", "top_p", "top_k"}
 
 
 class Seq2SeqResult(BaseModel):

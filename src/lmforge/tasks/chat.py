@@ -19,11 +19,11 @@ from lmforge.data.conversations import Conversations, load_conversations
 from lmforge.errors import DataError
 from lmforge.rundir import RunDir
 from lmforge.tasks.chat_format import (
-    IM_END,
     ChatBatches,
     conversation_batches,
     encode_conversation,
     ensure_chat_tokens,
+    stop_on_turn_end,
 )
 from lmforge.tasks.common import bundled_dev_split, data_info, load_run_model, run_config, training_stage
 from lmforge.tasks.lm import lm_objective, load_decoder, score_lm
@@ -71,10 +71,7 @@ def prepare_chat(config: FinetuneChatConfig):
     seed_everything(config.train.seed)
     decoder = load_decoder(config, tokenizer, prepare_tokenizer=ensure_chat_tokens)
     model = decoder.model
-    ends = [tokenizer.get_vocab()[IM_END]] if IM_END in tokenizer.get_vocab() else []  # ChatML's end of turn
-    eos_ids = sorted({*ends, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])})
-    model.generation_config.eos_token_id = eos_ids
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    stop_on_turn_end(model, tokenizer)
     train_enc = [encode_conversation(tokenizer, c, config.max_length) for c in train_data.items]
     dev_enc = [encode_conversation(tokenizer, c, config.max_length) for c in dev_data.items]
     pad_id = tokenizer.pad_token_id

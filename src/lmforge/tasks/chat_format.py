@@ -36,6 +36,15 @@ def ensure_chat_tokens(tokenizer, model=None) -> None:
     tokenizer.chat_template = CHAT_TEMPLATE
 
 
+def stop_on_turn_end(model, tokenizer) -> None:
+    """Generation stops at the end of the assistant's turn (ChatML's end-of-turn marker) as well as at EOS; the
+    tokenizer pads with its pad token."""
+    ends = [tokenizer.get_vocab()[IM_END]] if IM_END in tokenizer.get_vocab() else []
+    model.generation_config.eos_token_id = sorted({*ends, *([tokenizer.eos_token_id] if tokenizer.eos_token_id
+                                                               is not None else [])})
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
 def _render(tokenizer, messages: list[dict], **options) -> str:
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, **options)

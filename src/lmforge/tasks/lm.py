@@ -84,24 +84,34 @@ def fixed_windows(stream: np.ndarray, seq_len: int, max_sequences: int, batch_si
     return [{"input_ids": ids[i : i + batch_size], "labels": ids[i : i + batch_size]} for i in range(0, count, batch_size)]
 
 
-def score_lm(model, batches: list[dict]) -> dict[str, float]:
-    """Mean token loss (HF shifts labels inside the model), perplexity and next-token accuracy."""
+def score_lm(model, batches: list[dict], *, shift: bool = True) -> dict[str, float]:
+    """Mean label-token loss, perplexity and token accuracy (teacher-forced) over the batches. ``shift``: a causal
+    LM's logits at position i predict the label at i + 1 (HF shifts inside the model); an encoder-decoder's at i
+    predict the label at i (:func:`score_seq2seq`)."""
     import torch
 
     device = next(model.parameters()).device
     loss_sum = correct = count = 0.0
+    was_training = model.training
+    model.eval()
     with torch.no_grad():
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
             out = model(**batch)
-            labels = batch["labels"][:, 1:]
+            labels, logits = (batch["labels"][:, 1:], out.logits[:, :-1]) if shift else (batch["labels"], out.logits)
             valid = labels != -100
             n = int(valid.sum())
             loss_sum += float(out.loss) * n
-            correct += int(((out.logits[:, :-1].argmax(-1) == labels) & valid).sum())
+            correct += int(((logits.argmax(-1) == labels) & valid).sum())
             count += n
+    model.train(was_training)
     loss = loss_sum / max(1, count)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "token_accuracy": correct / max(1, count)}
+
+
+def score_seq2seq(model, batches: list[dict]) -> dict[str, float]:
+    """:func:`score_lm` for encoder-decoders (labels are the decoder's outputs, unshifted)."""
+    return score_lm(model, batches, shift=False)
 
 
 # defaults for fine-tuning a pretrained decoder: what LoRA needs, and what full fine-tuning can take without undoing

@@ -22,7 +22,7 @@ from lmforge.data.token_cache import split_documents, token_cache
 from lmforge.errors import DataError
 from lmforge.rundir import RunDir
 from lmforge.tasks.common import hf_saver, load_run_model, run_config, training_stage
-from lmforge.tasks.lm import document_stream
+from lmforge.tasks.lm import document_stream, score_seq2seq
 from lmforge.tasks.pretraining import corpus_info, resolve_tokenizer, start_model
 from lmforge.tasks.registry import EvalOptions, Task, register
 
@@ -142,30 +142,6 @@ def prepare_span(config: SpanCorruptionConfig):
         eval_times=10, eval_size=count * config.train.batch_size,
     )
     return spec, run, {"parameters": n_params}
-
-
-def score_seq2seq(model, batches: list[dict]) -> dict[str, float]:
-    """Mean target-token loss, perplexity and token accuracy (teacher-forced) over the batches."""
-    import math
-
-    import torch
-
-    device = next(model.parameters()).device
-    loss_sum = correct = count = 0.0
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for batch in batches:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            out = model(**batch)
-            valid = batch["labels"] != -100
-            n = int(valid.sum())
-            loss_sum += float(out.loss) * n
-            correct += int(((out.logits.argmax(-1) == batch["labels"]) & valid).sum())
-            count += n
-    model.train(was_training)
-    loss = loss_sum / max(1, count)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "token_accuracy": correct / max(1, count)}
 
 
 pretrain_span = training_stage(prepare_span, "Pretrain a T5 encoder-decoder by span corruption; returns the summary.")

@@ -1,9 +1,16 @@
 """Sequence-to-sequence fine-tuning, shared by translation and summarization (each a task module of its own).
 
-The model is an encoder-decoder: a span-corruption run or any Hugging Face seq2seq folder. Pairs are tokenized once,
-batched by length (source padding only where lengths differ, target padding ignored by the loss), and the dev loss
-(teacher-forced) picks the checkpoint kept in ``RUN/model``. Evaluation generates with the run's decoding settings
-(beam search by default) and scores against the references.
+Three kinds of model, told apart by the model itself (:func:`lmforge.models.text2text_family`):
+
+- an encoder-decoder (a span-corruption run, any Hugging Face seq2seq folder) learns the pairs as they are;
+- a decoder-only causal LM (``smollm2``, a CLM run) learns each pair as a chat exchange: the instruction and the source
+  asked by the user, the target answered, the loss on the answer only (a model without a chat template gets ChatML);
+  ``--lora`` trains adapters instead of every weight;
+- an encoder (``minilm``, an MLM run) warm-starts both halves of an ``EncoderDecoderModel`` (BERT2BERT).
+
+Pairs are tokenized once and batched by length; the dev loss (teacher-forced) picks the checkpoint kept in
+``RUN/model``. Evaluation generates with the run's decoding settings (beam search by default) and scores against the
+references.
 """
 
 from __future__ import annotations
@@ -12,17 +19,23 @@ import logging
 from functools import lru_cache
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from lmforge.config import FinetuneConfig, Strict, TrainConfig
+from lmforge.config import FinetuneConfig, LoraSettings, Strict, TrainConfig
 from lmforge.data.batching import length_grouped_batches
 from lmforge.data.conversations import Pairs, load_pairs
-from lmforge.errors import LmforgeError, ModelLoadError
+from lmforge.errors import ConfigError, LmforgeError
 from lmforge.rundir import RunDir
 from lmforge.tasks.common import bundled_dev_split, data_info, hf_saver
 from lmforge.tasks.registry import EvalOptions
 
 log = logging.getLogger("lmforge")
+
+# peak learning rates by model family when --lr is not given (a decoder's come from lmforge.tasks.lm: 2e-4 with LoRA,
+# else 5e-5): an encoder-decoder pretrained here is small and takes a brisk rate; BERT2BERT's cross-attention starts
+# from scratch beside pretrained weights
+FAMILY_LR = {"encoder-decoder": 3e-4, "encoder": 1e-4}
+DEV_PAIRS = 512  # dev pairs scored at each evaluation (teacher-forced loss)
 
 
 class DecodingSettings(Strict):
@@ -32,23 +45,68 @@ class DecodingSettings(Strict):
     length_penalty: float = Field(1.0, description="beam scores are divided by length ** this (above 1 favours longer)")
     no_repeat_ngram_size: int = Field(0, ge=0, description="never repeat an n-gram of this size (0: off)")
     max_new_tokens: int = Field(128, ge=1, description="longest output, in tokens")
+    do_sample: bool = Field(False, description="sample tokens instead of taking the likeliest (with beams: beam "
+                            "sampling)")
+    temperature: float = Field(1.0, gt=0, description="sampling: divide the logits by this (below 1: safer)")
+    top_p: float = Field(1.0, gt=0, le=1, description="sampling: only from the likeliest tokens holding this much "
+                         "probability")
+    top_k: int = Field(0, ge=0, description="sampling: only from the k likeliest tokens (0: off)")
+
+
+def generate_options(settings: dict) -> dict:
+    """Decoding settings as ``generate`` keyword arguments (sampling ones only when sampling: they mean nothing to
+    greedy or beam search, and transformers warns about them)."""
+    sampling = ("temperature", "top_p", "top_k")
+    options = {k: v for k, v in settings.items() if k in DecodingSettings.model_fields and k not in sampling}
+    if settings.get("do_sample"):
+        options.update({k: settings[k] for k in sampling if k in settings})
+    return options
 
 
 class Seq2SeqTrainConfig(TrainConfig):
     epochs: float | None = Field(3, gt=0, description="passes over the training data (fractions allowed)")
+    lr: float | None = Field(None, gt=0, description="peak learning rate (AdamW; default by the model: 3e-4 for an "
+                             "encoder-decoder, 1e-4 for BERT2BERT, a decoder 2e-4 with --lora else 5e-5)")
 
 
 class Seq2SeqConfig(FinetuneConfig):
-    model: str = Field(description="an encoder-decoder: a span-corruption run (lmforge pretrain --objective "
-                       "span-corruption) or a Hugging Face seq2seq folder or hub id")
+    model: str = Field(description="an encoder-decoder (a span-corruption run, an HF seq2seq folder), a causal LM "
+                       "(smollm2, a CLM run: prompted with --instruction) or an encoder (minilm, an MLM run: "
+                       "BERT2BERT)")
     source_field: str = Field("text", description="field holding the input text")
     target_field: str = Field("target", description="field holding the output text")
-    prefix: str = Field("", description="text put before every input (e.g. 'translate English to Spanish: ' for "
-                        "models trained with task prefixes)")
+    prefix: str = Field("", description="encoder-decoders: text put before every input (e.g. 'translate English to "
+                        "Spanish: ' for models trained with task prefixes)")
+    instruction: str | None = Field(None, description="causal LMs: what the user asks before the input (default: "
+                                    "the task's)")
     max_source_length: int = Field(256, ge=8, description="input tokens kept")
     max_target_length: int = Field(128, ge=4, description="output tokens learned")
     decoding: DecodingSettings = Field(default_factory=DecodingSettings, description="generation")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="causal LMs: low-rank adaptation")
     train: Seq2SeqTrainConfig = Field(default_factory=Seq2SeqTrainConfig, description="training loop")
+
+    def task_instruction(self) -> str:
+        """What a causal LM is asked when --instruction is not given (each task says)."""
+        return "Rewrite this text."
+
+    @model_validator(mode="after")
+    def _instruction(self):
+        self.instruction = self.instruction or self.task_instruction()
+        return self
+
+
+def task_settings(config_cls: type[Seq2SeqConfig], info: dict, task: str) -> Seq2SeqConfig:
+    """A ``task`` run's config; for any other model (zero-shot: smollm2, a CLM run), the task's defaults."""
+    own = info.get("config") if info.get("task") == task else None
+    raw = {k: v for k, v in (own or {}).items() if k in config_cls.model_fields}
+    return config_cls.model_validate({"model": "-", "data": "", "out": "-", **raw})
+
+
+def as_exchange(instruction: str, source: str, target: str | None = None) -> list[dict]:
+    """A pair as the chat exchange a causal LM learns or is asked: the instruction and the source from the user, the
+    target as the assistant's answer."""
+    messages = [{"role": "user", "content": f"{instruction}\n\n{source}"}]
+    return messages + ([{"role": "assistant", "content": target}] if target is not None else [])
 
 
 class PairBatches:
@@ -80,91 +138,150 @@ def collate(sources: list[list[int]], targets: list[list[int]], pad_id: int) -> 
     return {"input_ids": ids, "attention_mask": mask, "labels": labels.masked_fill(label_mask == 0, -100)}
 
 
-def check_encoder_decoder(spec: str) -> None:
-    from lmforge.models import load_config
-
-    if not getattr(load_config(spec), "is_encoder_decoder", False):
-        raise ModelLoadError(
-            f"{spec} is not an encoder-decoder; this version fine-tunes translation and summarization on "
-            "encoder-decoders only", where="--model",
-            fix="pretrain one with `lmforge pretrain --objective span-corruption`, or use a Hugging Face seq2seq "
-                "folder (T5, BART, ...)")
+def split_pairs(config: Seq2SeqConfig) -> tuple[Pairs, Pairs]:
+    """The training pairs and the dev pairs (the bundled dev split, --eval, or a held-out share)."""
+    train = load_pairs(config.data, config.source_field, config.target_field)
+    dev_spec = bundled_dev_split(config.data, config.eval)
+    if dev_spec:
+        return train, load_pairs(dev_spec, config.source_field, config.target_field)
+    order = np.random.default_rng(config.train.seed).permutation(len(train))
+    cut = max(1, int(len(train) * config.dev_fraction))
+    pick = lambda idx, name: Pairs(name, [train.sources[i] for i in idx], [train.targets[i] for i in idx],
+                                   train.files)
+    return (pick(sorted(order[cut:]), train.spec),
+            pick(sorted(order[:cut]), f"{config.data} (held-out {config.dev_fraction:.0%})"))
 
 
 def prepare_seq2seq(config: Seq2SeqConfig, task: str):
     """Validate, read and tokenize the pairs, write the run's config, build the model: everything but training."""
-    from transformers import AutoModelForSeq2SeqLM
-
-    from lmforge.models import from_pretrained, load_tokenizer, resolve_model_path
-    from lmforge.tasks.pretrain_span import score_seq2seq
-    from lmforge.training.loop import TaskSpec, seed_everything
+    from lmforge.models import load_tokenizer, resolve_model_path, text2text_family
+    from lmforge.training.loop import seed_everything
 
     resolve_model_path(config.model)
-    check_encoder_decoder(config.model)
-    train = load_pairs(config.data, config.source_field, config.target_field)
-    dev_spec = bundled_dev_split(config.data, config.eval)
-    if dev_spec:
-        dev = load_pairs(dev_spec, config.source_field, config.target_field)
-    else:
-        order = np.random.default_rng(config.train.seed).permutation(len(train))
-        cut = max(1, int(len(train) * config.dev_fraction))
-        pick = lambda idx, name: Pairs(name, [train.sources[i] for i in idx], [train.targets[i] for i in idx],
-                                       train.files)
-        train, dev = (pick(sorted(order[cut:]), train.spec),
-                      pick(sorted(order[:cut]), f"{config.data} (held-out {config.dev_fraction:.0%})"))
+    family = text2text_family(config.model)
+    if config.lora.enabled and family != "decoder":
+        raise ConfigError(f"--lora adapts causal LMs here; {config.model} is an {family}", where="--lora",
+                          fix="drop --lora (every weight is trained), or fine-tune a causal LM such as smollm2")
+    train, dev = split_pairs(config)
     tokenizer = load_tokenizer(config.model)
     run = RunDir.create(config.out, overwrite=config.overwrite, resume=config.resume)
-    run.write_info(stage="finetune", task=task, config=config,
-                   extra={"data": {"train": data_info(train.spec, train.files, pairs=len(train)),
-                                   "dev": data_info(dev.spec, dev.files, pairs=len(dev))}})
+    if config.train.lr is None and family in FAMILY_LR:
+        config.train.lr = FAMILY_LR[family]
     seed_everything(config.train.seed)
-    model = from_pretrained(AutoModelForSeq2SeqLM, config.model)
+    spec = (_decoder_spec if family == "decoder" else _pairs_spec)(config, task, family, train, dev, tokenizer)
+    run.write_info(stage="finetune", task=task, config=config,
+                   extra={"family": family,
+                          "data": {"train": data_info(train.spec, train.files, pairs=len(train)),
+                                   "dev": data_info(dev.spec, dev.files, pairs=len(dev))}})
+    return spec, run, {}
+
+
+def _pairs_spec(config: Seq2SeqConfig, task: str, family: str, train: Pairs, dev: Pairs, tokenizer):
+    """An encoder-decoder (or BERT2BERT) learning the pairs as they are."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    from lmforge.models import build_bert2bert, from_pretrained
+    from lmforge.tasks.lm import score_seq2seq
+    from lmforge.training.loop import TaskSpec
+
+    model = (build_bert2bert(config.model, tokenizer) if family == "encoder"
+             else from_pretrained(AutoModelForSeq2SeqLM, config.model))
+    eos = next(t for t in (tokenizer.eos_token_id, tokenizer.sep_token_id, model.config.eos_token_id) if t is not None)
 
     def encode(pairs: Pairs) -> tuple[list[list[int]], list[list[int]]]:
         sources = tokenizer([config.prefix + s for s in pairs.sources], truncation=True,
                             max_length=config.max_source_length)["input_ids"]
-        targets = tokenizer(text_target=pairs.targets, truncation=True, max_length=config.max_target_length - 1)
-        # every target ends with the end of text, or the model never learns to stop (T5's tokenizer appends it;
-        # a GPT-style one does not)
-        return sources, [t if t and t[-1] == eos else [*t, eos] for t in targets["input_ids"]]
+        # every target ends with the end of text, or the model never learns to stop; the decoder's start token is
+        # the model's to add (it shifts the labels right)
+        targets = tokenizer(text_target=pairs.targets, add_special_tokens=False, truncation=True,
+                            max_length=config.max_target_length - 1)["input_ids"]
+        return sources, [[*t, eos] for t in targets]
 
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else model.config.eos_token_id
     train_ids, dev_ids = encode(train), encode(dev)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     dev_batches = [collate(dev_ids[0][i : i + 32], dev_ids[1][i : i + 32], pad_id)
-                   for i in range(0, min(len(dev), 512), 32)]
-    spec = TaskSpec(
+                   for i in range(0, min(len(dev), DEV_PAIRS), 32)]
+    return TaskSpec(
         name=f"finetune {task}", model=model,
         train_data=PairBatches(*train_ids, config.train.batch_size, config.train.seed, pad_id),
         save_model=hf_saver(tokenizer), evaluate=lambda m: score_seq2seq(m, dev_batches), best_metric="loss",
         greater_is_better=False, count_tokens=lambda b: int(b["attention_mask"].sum() + (b["labels"] != -100).sum()),
-        eval_times=10, eval_size=min(len(dev), 512),
+        eval_times=10, eval_size=min(len(dev), DEV_PAIRS),
     )
-    return spec, run, {}
 
 
-def generate(run: RunDir, info: dict, sources: list[str], batch_size: int) -> list[str]:
+def _decoder_spec(config: Seq2SeqConfig, task: str, family: str, train: Pairs, dev: Pairs, tokenizer):
+    """A causal LM learning each pair as a chat exchange, the loss on the answer only."""
+    from lmforge.tasks.chat_format import (
+        ChatBatches,
+        conversation_batches,
+        encode_conversation,
+        ensure_chat_tokens,
+        stop_on_turn_end,
+    )
+    from lmforge.tasks.lm import lm_objective, load_decoder, score_lm
+    from lmforge.training.loop import TaskSpec
+
+    decoder = load_decoder(config, tokenizer, prepare_tokenizer=ensure_chat_tokens)
+    stop_on_turn_end(decoder.model, tokenizer)
+    cut = source_cutter(tokenizer, config.max_source_length)
+    longest = config.max_source_length + config.max_target_length + 64  # the template's markers and the instruction
+
+    def encode(pairs: Pairs) -> list[tuple[list[int], list[int]]]:
+        return [encode_conversation(tokenizer, as_exchange(config.instruction, cut(s), t), longest)
+                for s, t in zip(pairs.sources, pairs.targets)]
+
+    train_enc, dev_enc = encode(train), encode(head(dev, DEV_PAIRS))
+    pad_id = tokenizer.pad_token_id
+    max_tokens = config.train.batch_size * longest
+    dev_batches = conversation_batches(dev_enc, config.train.batch_size, pad_id, max_tokens)
+    return TaskSpec(
+        name=f"finetune {task}", model=lm_objective(decoder.model),
+        train_data=ChatBatches(train_enc, config.train.batch_size, config.train.seed, pad_id, max_tokens),
+        save_model=decoder.save, evaluate=lambda wrapper: score_lm(wrapper.model, dev_batches), best_metric="loss",
+        greater_is_better=False, count_tokens=lambda b: int(b["attention_mask"].sum()), eval_times=10,
+        eval_size=len(dev_enc),
+    )
+
+
+def head(pairs: Pairs, count: int) -> Pairs:
+    """The first ``count`` pairs."""
+    return Pairs(pairs.spec, pairs.sources[:count], pairs.targets[:count], pairs.files)
+
+
+def source_cutter(tokenizer, max_tokens: int):
+    """Cuts a source text to its first ``max_tokens`` tokens (a causal LM's prompt is text: the cut is made before
+    it is rendered into the exchange, so the answer is never what gets cut)."""
+
+    def cut(text: str) -> str:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
+
+    return cut
+
+
+def generate(run: RunDir, info: dict, settings: Seq2SeqConfig, sources: list[str], batch_size: int) -> list[str]:
     """The run's outputs for ``sources``, decoded as its config says."""
     from lmforge.inference.pipelines import Seq2SeqPipeline
 
-    pipeline = Seq2SeqPipeline(run.model_dir, info=info)
-    return [r["text"] for r in pipeline.predict(sources, batch_size=min(batch_size, 32))]
+    pipeline = Seq2SeqPipeline(run.model_dir, info=info, instruction=settings.instruction)
+    return [r["text"] for r in pipeline.predict(sources, batch_size=min(batch_size, 32),
+                                                **settings.decoding.model_dump())]
 
 
-def eval_pairs(info: dict, options: EvalOptions, default_split: str) -> Pairs:
+def eval_pairs(settings: Seq2SeqConfig, options: EvalOptions, default_split: str) -> Pairs:
+    """The pairs to score: --data (fields as --text-field/--label-field say, else the run's), or the split of the
+    bundled data the run was trained on."""
     from lmforge.data.registry import lookup, split_spec
 
-    config = info.get("config") or {}
-    name = split_spec(config.get("data") or "")[0]
-    if options.data is None and lookup(name) is None:
-        raise LmforgeError("evaluating this run needs data", where="--data",
-                           fix="give a file with the run's source and target fields, e.g. --data test.jsonl")
+    name = split_spec(settings.data)[0] if settings.data else ""
+    if options.data is None and (not name or lookup(name) is None):
+        raise LmforgeError("evaluating this model needs data", where="--data",
+                           fix="give a file (or bundled name:split) with source and target fields, "
+                               "e.g. --data translation:test")
     data = options.data or f"{name}:{default_split}"
-    pairs = load_pairs(data, options.text_field or config.get("source_field", "text"),
-                       options.label_field or config.get("target_field", "target"))
-    if options.limit:
-        pairs = Pairs(pairs.spec, pairs.sources[: options.limit], pairs.targets[: options.limit], pairs.files)
-    return pairs
+    pairs = load_pairs(data, options.text_field or settings.source_field, options.label_field or settings.target_field)
+    return head(pairs, options.limit) if options.limit else pairs
 
 
 def examples(pairs: Pairs, outputs: list[str], count: int = 5) -> list[dict]:

@@ -1,4 +1,5 @@
-"""Machine translation: fine-tune an encoder-decoder on sentence pairs; sacreBLEU BLEU and chrF against the
+"""Machine translation: fine-tune on sentence pairs (an encoder-decoder, a causal LM or BERT2BERT: see
+:mod:`lmforge.tasks.seq2seq`); sacreBLEU BLEU and chrF against the
 copy-the-source baseline. The bundled ``translation`` data (Bible verses) has ``en`` and ``es`` fields, so
 ``--source es --target en`` turns the direction around."""
 
@@ -9,7 +10,14 @@ from pydantic import Field, model_validator
 from lmforge.rundir import RunDir
 from lmforge.tasks.common import training_stage
 from lmforge.tasks.registry import EvalOptions, Task, register
-from lmforge.tasks.seq2seq import Seq2SeqConfig, eval_pairs, examples, generate, prepare_seq2seq
+from lmforge.tasks.seq2seq import (
+    Seq2SeqConfig,
+    eval_pairs,
+    examples,
+    generate,
+    prepare_seq2seq,
+    task_settings,
+)
 
 
 class FinetuneTranslateConfig(Seq2SeqConfig):
@@ -26,17 +34,28 @@ class FinetuneTranslateConfig(Seq2SeqConfig):
         self.target_field = self.target_field or self.target
         return self
 
+    def task_instruction(self) -> str:
+        name = lambda code: LANGUAGES.get(code.lower(), code)
+        return (f"Translate this {name(self.source)} text into {name(self.target)}. "
+                "Answer with the translation only.")
+
+
+# language codes a causal LM's instruction names in words (others are named by their code)
+LANGUAGES = {"en": "English", "es": "Spanish", "fr": "French", "de": "German", "it": "Italian", "pt": "Portuguese",
+             "nl": "Dutch", "ru": "Russian", "zh": "Chinese", "ja": "Japanese", "ar": "Arabic", "hi": "Hindi"}
+
 
 finetune_translate = training_stage(lambda config: prepare_seq2seq(config, "translate"),
-                                    "Fine-tune an encoder-decoder to translate; returns the run summary.")
+                                    "Fine-tune a model to translate; returns the run summary.")
 
 
 def evaluate_translate(run: RunDir, info: dict, options: EvalOptions) -> dict:
     """BLEU and chrF (with signatures) of the run's translations, and of copying the source unchanged."""
     from lmforge.evaluation.seq2seq import bleu_chrf
 
-    pairs = eval_pairs(info, options, "test")
-    outputs = generate(run, info, pairs.sources, options.batch_size)
+    settings = task_settings(FinetuneTranslateConfig, info, "translate")
+    pairs = eval_pairs(settings, options, "test")
+    outputs = generate(run, info, settings, pairs.sources, options.batch_size)
     scores = bleu_chrf(outputs, pairs.targets)
     copy = bleu_chrf(pairs.sources, pairs.targets)
     return {"data": pairs.spec, "n": len(pairs), **scores,
@@ -47,7 +66,8 @@ def evaluate_translate(run: RunDir, info: dict, options: EvalOptions) -> dict:
 TASK = register(Task(
     name="translate", stage="finetune", config=FinetuneTranslateConfig, train=finetune_translate,
     evaluate=evaluate_translate, pipeline="text2text-generation", routes=("translate",),
-    summary="Fine-tune an encoder-decoder for translation (a span-corruption run or an HF seq2seq model).",
-    flags=("model", "data", "eval", "source", "target", "source_field", "target_field", "decoding.num_beams"),
+    summary="Fine-tune for translation: an encoder-decoder, a causal LM (smollm2) or BERT2BERT from an encoder.",
+    flags=("model", "data", "eval", "source", "target", "source_field", "target_field", "instruction",
+           "decoding.num_beams", "lora.enabled"),
     metrics=("bleu", "chrf", "n", "baseline"),
 ))

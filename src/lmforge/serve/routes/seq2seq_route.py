@@ -23,7 +23,7 @@ def seq2seq_router(route: str, summary: str) -> APIRouter:
     async def answer(body: Seq2SeqRequest, registry: Registry, settings: Settings) -> dict:
         texts = request_texts(body.inputs, settings)
         served = find_model(registry, body.model, route)
-        decoding = body.model_dump(include={"num_beams", "max_new_tokens", "length_penalty", "no_repeat_ngram_size"})
+        decoding = body.model_dump(include=Seq2SeqRequest.DECODING)
         run = functools.partial(served.pipeline.predict, texts, truncate=body.truncate, **decoding)
         results = await asyncio.get_running_loop().run_in_executor(served.executor, run)
         return {"model": served.name, "results": results}
