@@ -28,6 +28,7 @@ _LAZY = {
     "finetune_classify": ("lmforge.tasks.classify", "finetune_classify"),
     "finetune_chat": ("lmforge.tasks.chat", "finetune_chat"),
     "finetune_code": ("lmforge.tasks.code", "finetune_code"),
+    "finetune_qa": ("lmforge.tasks.qa", "finetune_qa"),
     "TokenizerTrainConfig": ("lmforge.config", "TokenizerTrainConfig"),
     "PretrainConfig": ("lmforge.config", "PretrainConfig"),
     "MlmNspConfig": ("lmforge.tasks.pretrain_mlm_nsp", "MlmNspConfig"),
@@ -35,6 +36,7 @@ _LAZY = {
     "FinetuneClassifyConfig": ("lmforge.tasks.classify", "FinetuneClassifyConfig"),
     "FinetuneChatConfig": ("lmforge.tasks.chat", "FinetuneChatConfig"),
     "FinetuneCodeConfig": ("lmforge.tasks.code", "FinetuneCodeConfig"),
+    "FinetuneQAConfig": ("lmforge.tasks.qa", "FinetuneQAConfig"),
 }
 
 __all__ = list(_LAZY)

@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import sys
+import textwrap
 import types
 import typing
 from collections.abc import Callable
@@ -42,6 +43,9 @@ finetune_app = typer.Typer(help="Fine-tune a model for a task.", no_args_is_help
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(finetune_app, name="finetune")
+kb_app = typer.Typer(help="Knowledge bases: build from documents, search, ask with citations.", no_args_is_help=True,
+                     rich_markup_mode=None)
+app.add_typer(kb_app, name="kb")
 
 log = logging.getLogger("lmforge")
 _state: dict[str, Any] = {"progress": True, "started": None}  # started: when main() began (budgets count from it)
@@ -179,6 +183,105 @@ def datasets_list(
         table.add_row(r["name"], r["task"], ", ".join(r["splits"]), f"{r['size_kb']:,.0f} KB", r["license"],
                       r["description"])
     Console(width=200).print(table)
+
+
+KB_ARG = Annotated[Path, typer.Argument(help="knowledge base folder (lmforge kb build)", metavar="KB")]
+KB_MODE = Annotated[str, typer.Option("--mode", metavar="MODE", help="bm25 (words), dense (meaning: sentence vectors) "
+                                      "or hybrid (both, reciprocal-rank fusion)")]
+
+
+@kb_app.command("build")
+def kb_build(
+    docs: Annotated[list[str], typer.Option("--docs", metavar="DOCS", help="passages: a .jsonl/.csv/.tsv/.parquet "
+                                            "file with 'text' (and optional 'id', 'title') or a bundled name, e.g. "
+                                            "python-docs-kb; repeatable")],
+    out: Annotated[Path, typer.Option("--out", metavar="KB", help="the KB folder: made if missing; an existing KB "
+                                      "gets only the passages whose ids it does not hold")],
+    model: Annotated[str, typer.Option("--model", metavar="MODEL", help="sentence-embedding encoder (new KBs)")] = "minilm",
+    max_length: Annotated[int, typer.Option("--max-length", min=16, max=512, metavar="N",
+                                            help="tokens of each passage embedded (new KBs; BM25 reads all of it)")] = 128,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Build a knowledge base (or add documents to one): passages in SQLite with a BM25 full-text index, and their
+    sentence vectors (float16, memory-mapped)."""
+    from lmforge.kb import KnowledgeBase, check_docs
+
+    check_docs(docs)
+    result = KnowledgeBase.build(out, docs, model=model, max_length=max_length, show_progress=_state["progress"])
+    if as_json:
+        _echo_json(result)
+        return
+    typer.echo(f"{result['kb']}: {result['added']:,} passages added ({result['skipped']:,} already there), "
+               f"{result['passages']:,} in all, {result['size_mb']} MB; {result['seconds']} s "
+               f"(embedding {result['embed_s']} s)")
+
+
+def _open_kb(folder: Path):
+    from lmforge.kb import KnowledgeBase
+
+    return KnowledgeBase.open(folder)
+
+
+@kb_app.command("search")
+def kb_search(
+    kb: KB_ARG,
+    query: Annotated[str, typer.Argument(help="what to look for", metavar="QUESTION")],
+    k: Annotated[int, typer.Option("--k", min=1, max=100, metavar="N", help="passages to return")] = 5,
+    mode: KB_MODE = "hybrid",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON lines, one per hit")] = False,
+) -> None:
+    """The passages that best match a question: id, title, score and text of each."""
+    base = _open_kb(kb)
+    hits = base.search(query, k=k, mode=mode)
+    for hit in hits:
+        if as_json:
+            _echo_json(hit.as_dict())
+        else:
+            typer.echo(f"{hit.rank}. [{hit.id}] {hit.title}  (score {hit.score:.4g}, similarity {hit.similarity:.2f})")
+            typer.echo(textwrap.indent(textwrap.shorten(hit.text, 400), "   "))
+    if not hits and not as_json:
+        typer.echo("no passage matches")
+
+
+@kb_app.command("ask")
+def kb_ask(
+    kb: KB_ARG,
+    question: Annotated[str, typer.Argument(help="the question", metavar="QUESTION")],
+    reader: Annotated[str, typer.Option("--reader", metavar="MODEL", help="who answers: smollm2 or a chat run "
+                                        "(writes an answer citing [1], [2]), or an extractive QA run (a span)")] = "smollm2",
+    k: Annotated[int, typer.Option("--k", min=1, max=20, metavar="N", help="passages the reader is given")] = 4,
+    mode: KB_MODE = "hybrid",
+    min_similarity: Annotated[float, typer.Option("--min-similarity", min=-1.0, max=1.0, metavar="X",
+                                                  help="below this the answer is 'not found in the knowledge base'")] = 0.3,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, max=2048, metavar="N")] = 256,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object (answer, citations, passages)")] = False,
+) -> None:
+    """Answer from the knowledge base: retrieve passages, let the reader answer from them only, with citations.
+    The answer streams as it is written."""
+    from lmforge.kb.ask import ask, reader_kind
+    from lmforge.stages import load
+
+    base = _open_kb(kb)
+    pipeline = load(reader)
+    reader_kind(pipeline)
+    result: dict = {}
+    for event in ask(base, question, pipeline, k=k, mode=mode, min_similarity=min_similarity,
+                     max_new_tokens=max_new_tokens):
+        if event["type"] == "passages":
+            result["passages"] = event["passages"]
+        elif event["type"] == "delta" and not as_json:
+            sys.stdout.write(event["text"])
+            sys.stdout.flush()
+        elif event["type"] == "done":
+            result = {**{k_: v for k_, v in event.items() if k_ != "type"}, **result}
+    if as_json:
+        _echo_json(result)
+        return
+    typer.echo("")
+    cited = {c["n"] for c in result["citations"]}
+    for p in result["passages"]:
+        mark = "*" if p["n"] in cited else " "
+        typer.echo(f"{mark}[{p['n']}] {p['id']}  {p['title']}  (similarity {p['similarity']:.2f})")
 
 
 def _train_tokenizer(cfg: TokenizerTrainConfig) -> None:
@@ -398,18 +501,50 @@ def predict(
     text_field: Annotated[str, typer.Option("--text-field", metavar="FIELD", help="text field of --input rows")] = "text",
     top_k: Annotated[int, typer.Option("--top-k", min=1, metavar="N", help="masked LMs: candidates per [MASK]")] = 5,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --output file")] = False,
+    question: Annotated[str | None, typer.Option("--question", metavar="TEXT", help="question-answering runs: the "
+                                                 "question (with --context)")] = None,
+    context: Annotated[str | None, typer.Option("--context", metavar="TEXT", help="question-answering runs: the text "
+                                                "that holds the answer")] = None,
 ) -> None:
     """Predict with a run: one JSON object per input on stdout or in --output (a classifier: label, score,
-    probabilities; a masked LM: the top tokens for each [MASK])."""
-    from lmforge.inference.pipelines import FillMaskPipeline
-    from lmforge.stages import load
+    probabilities; a masked LM: the top tokens for each [MASK]; a question-answering run, given --question and
+    --context: the answer, its score and its character offsets in the context)."""
+    from lmforge.inference.pipelines import PIPELINES, FillMaskPipeline, QuestionAnsweringPipeline
+    from lmforge.stages import load, resolve_task
 
+    asks = question is not None or context is not None
+    if asks or not (texts or input_):  # the run's kind says which inputs it takes (read cheaply, before loading it)
+        task = resolve_task(run)[0]
+        if PIPELINES[task.pipeline] is QuestionAnsweringPipeline:
+            _answer(run, question, context, bool(texts or input_), output, overwrite)
+            return
+        if asks:
+            raise LmforgeError(f"--question and --context are for question-answering runs; '{run}' is a {task.name} "
+                               "run", fix=f'lmforge predict {run} "a text"')
     texts = _inputs("predict", texts, input_, text_field, output, overwrite)
     pipeline = load(run)
     if pipeline.predict_hint:
         raise LmforgeError(f"'{run}' is a {pipeline.task} run: {pipeline.predict_hint}")
     options = {"top_k": top_k} if isinstance(pipeline, FillMaskPipeline) else {}
     _write_results([{"text": t, **r} for t, r in zip(texts, pipeline.predict(texts, **options))], output)
+
+
+def _answer(run: Path, question: str | None, context: str | None, has_texts: bool, output: Path | None,
+            overwrite: bool) -> None:
+    """``lmforge predict`` for a question-answering run: the answer to --question, found in --context."""
+    from lmforge.errors import DataError
+    from lmforge.stages import load
+
+    usage = f'lmforge predict {run} --question "Who ...?" --context "the text that holds the answer"'
+    if has_texts or question is None or context is None:
+        raise LmforgeError(f"'{run}' answers questions: give --question and --context"
+                           + (" (instead of TEXT or --input)" if has_texts else ""), fix=usage)
+    if not question.strip() or not context.strip():
+        raise LmforgeError(f"--{'question' if not question.strip() else 'context'} is empty", fix=usage)
+    if output is not None and output.exists() and not overwrite:
+        raise DataError(f"'{output}' exists", fix="pass --overwrite to replace it, or choose another --output")
+    answer = load(run).predict([(question, context)])[0]
+    _write_results([{"question": question, **answer}], output)
 
 
 def _inputs(command: str, texts: list[str] | None, input_: str | None, text_field: str, output: Path | None,
@@ -501,8 +636,9 @@ def _serve_command() -> Callable:
     from lmforge.serve.settings import ServeSettings
 
     keys = tuple(ServeSettings.model_fields)
-    params = [inspect.Parameter("runs", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
-        list[str], typer.Argument(help="run dirs or model folders to serve (RUN or name=RUN)", metavar="RUN...")])]
+    params = [inspect.Parameter("runs", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        list[str] | None, typer.Argument(help="run dirs or model folders to serve (RUN or name=RUN)",
+                                         metavar="RUN...")])]
     params += [_parameter(k, ServeSettings.model_fields[k]) for k in keys]
 
     def command(**values: Any) -> None:
@@ -510,10 +646,17 @@ def _serve_command() -> Callable:
 
         given = {k: values[k] for k in keys if values[k] is not None and values[k] is not False and values[k] != []}
         settings = _serve_settings(given)
-        specs = check_servable(values["runs"])
+        if not values["runs"] and settings.kb is None:
+            raise LmforgeError("nothing to serve", fix="give run dirs or models, e.g. lmforge serve runs/sentiment "
+                               "smollm2 (and/or --kb KB)")
+        if settings.kb is not None:
+            from lmforge.kb.store import read_meta
+
+            read_meta(settings.kb)  # a clear error before the port opens, not a server that never gets ready
+        specs = check_servable(values["runs"] or [])
         check_port_free(settings.host, settings.port)
         run_server(specs, settings, on_started=lambda url: typer.echo(
-            f"lmforge is serving {len(specs)} model(s) at {url}  (web UI: {url}/, API docs: {url}/docs); "
+            f"lmforge is serving {len(specs)} model(s){' and a knowledge base' if settings.kb else ''} at {url}  (web UI: {url}/, API docs: {url}/docs); "
             "Ctrl+C stops it"))
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
@@ -644,6 +787,9 @@ def _print_eval(result: dict) -> None:
     from rich.console import Console
 
     console = Console()
+    if result.get("task") == "kb":
+        _print_kb_eval(console, result)
+        return
     task = registry.get(result.get("task"))
     if task.report is not None:
         for renderable in task.report(result):
@@ -654,6 +800,20 @@ def _print_eval(result: dict) -> None:
                       markup=False)
     if (Path(result["run"]) / "lmforge.yaml").exists():
         console.print(f"written: {Path(result['run']) / 'eval.json'}", markup=False)
+
+
+def _print_kb_eval(console, result: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result['run']} on {result['data']}: {result['n']} questions, each one's answer among "
+                        f"{result['passages']:,} passages")
+    metrics = list(next(iter(result["modes"].values())))
+    for column in ("mode", *metrics):
+        table.add_column(column, justify="right")
+    for mode, values in result["modes"].items():
+        table.add_row(mode, *(f"{values[m]:.1f}" if m.endswith("_ms") else f"{values[m]:.3f}" for m in metrics))
+    console.print(table)
+    console.print(f"written: {Path(result['run']) / 'eval.json'}", markup=False)
 
 
 # ------------------------------------------------------------------------------------- entry point

@@ -69,6 +69,16 @@ def evaluate(run: str | Path, data: str | None = None, *, task: str | None = Non
 
     options = EvalOptions(data=data, text_field=text_field, label_field=label_field, batch_size=batch_size,
                           limit=limit)
+    from lmforge.kb.store import is_kb
+
+    if is_kb(run):  # a knowledge base: retrieval quality on question -> answer pairs
+        from lmforge.kb.evaluate import evaluate_kb
+
+        result = {**evaluate_kb(run, data or "python-faq", question_field=text_field, answer_field=label_field,
+                                limit=limit), "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if write:
+            write_json(Path(run) / "eval.json", result)
+        return result
     if (Path(run) / RUN_FILE).exists():
         rd, scratch = RunDir.open(run), None
         info = rd.info()

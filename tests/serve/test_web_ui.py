@@ -218,3 +218,37 @@ def test_translate_page_at_phone_width_answers_like_the_api(browser, translation
     assert shown == (api["results"][0]["text"] or "(empty)")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.screenshot(path=str(ARTIFACTS / "web-ui-translate-phone.png"), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def kb_server(chat_run, tmp_path_factory):
+    from lmforge.kb import KnowledgeBase
+    from tests.conftest import BUNDLED, read_jsonl_gz, write_jsonl
+
+    folder = tmp_path_factory.mktemp("kb")
+    docs = write_jsonl(folder / "docs.jsonl",
+                       read_jsonl_gz(BUNDLED / "python-docs-kb" / "python_docs_kb.jsonl.gz", 200)[::10])
+    KnowledgeBase.build(folder / "kb", [str(docs)], show_progress=False)
+    with LiveServer(f"chat={chat_run}", "--kb", str(folder / "kb")) as srv:
+        yield srv
+
+
+def test_ask_the_docs_at_phone_width_streams_the_answer_the_api_gives(browser, kb_server):
+    page = open_tab(browser, kb_server, "ask", 390, 844)
+    assert "20 passages" in page.locator("#kb-info").inner_text()
+    question = "How are these documents generated?"
+    page.fill("#ask-question", question)
+    page.fill("#ask-k", "2")
+    page.click("#ask-submit")
+    page.wait_for_selector("#passages .passage")
+    page.wait_for_function("!document.querySelector('#ask-submit').disabled")
+    api = httpx.post(kb_server.url + "/v1/kb/ask", json={"question": question, "k": 2}, timeout=60).json()
+    assert page.locator("#answer").inner_text().startswith(api["answer"])
+    shown = page.locator("#passages .passage strong").all_inner_texts()
+    assert shown == [f"[{p['n']}] {p['title'] or p['id']}" for p in api["passages"]]
+    # a citation in an answer is a link to its passage
+    page.evaluate("document.querySelector('#answer').innerHTML = citeLinks('It says so [1].')")
+    page.click("#answer a.cite")
+    page.wait_for_selector("#passage-1.flash")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.screenshot(path=str(ARTIFACTS / "web-ui-ask-phone.png"), full_page=True)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from lmforge.data.chat_format import IM_END, encode_conversation, ensure_chat_tokens
 from lmforge.data.conversations import load_conversations
 from lmforge.errors import DataError
-from lmforge.tasks.chat_format import IM_END, encode_conversation, ensure_chat_tokens
 from tests.conftest import write_jsonl
 from tests.helpers import finetune_losses
 
@@ -140,7 +140,7 @@ def test_lora_fine_tuning_learns_and_saves_a_merged_model_and_the_adapter(tmp_pa
 
 
 def test_batches_of_long_examples_are_split_to_a_token_budget():
-    from lmforge.tasks.chat_format import ChatBatches
+    from lmforge.data.chat_format import ChatBatches
 
     rng = np.random.default_rng(0)
     encoded = [([1] * int(n), [1] * int(n)) for n in rng.integers(10, 500, size=200)]

@@ -120,7 +120,7 @@ def test_a_chat_model_learns_to_answer_a_request_for_a_function(tmp_path, tiny_l
     asks in); the loss falls and the learned tokens are the answer only."""
     from transformers import AutoTokenizer
 
-    from lmforge.tasks.chat_format import encode_conversation
+    from lmforge.data.chat_format import encode_conversation
     from lmforge.tasks.code import CHAT_INSTRUCTION, as_conversation
     from tests.conftest import BUNDLED, read_jsonl_gz, write_jsonl
     from tests.helpers import finetune_losses

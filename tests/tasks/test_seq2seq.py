@@ -170,3 +170,14 @@ def test_the_translate_and_summarize_commands(cli, tiny_t5_dir, verses, tmp_path
     again = cli("summarize", out, "--input", data, "--text-field", "en", "--output", written)
     assert again.code == 2 and "--overwrite" in again.err
     assert cli("translate", out).code == 2
+
+
+def test_every_decoding_setting_reaches_generate():
+    """The run's decoding settings and what the pipeline passes to generate() are the same set of names."""
+    from lmforge.inference.pipelines import DECODING, SAMPLING, generate_options
+    from lmforge.tasks.seq2seq import DecodingSettings
+
+    assert set(DecodingSettings.model_fields) == set(DECODING) | set(SAMPLING)
+    greedy = generate_options({**DecodingSettings().model_dump(), "temperature": 0.5})
+    assert "temperature" not in greedy and greedy["num_beams"] == 4
+    assert generate_options({"do_sample": True, "temperature": 0.5, "top_k": 3})["temperature"] == 0.5

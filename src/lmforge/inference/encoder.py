@@ -1,4 +1,4 @@
-"""A lean forward pass for BERT-architecture sequence classifiers (MiniLM, the BERTs lmforge pretrains), straight from
+"""A lean forward pass for BERT-architecture encoders and sequence classifiers (MiniLM, the BERTs lmforge pretrains), straight from
 a Hugging Face folder: ``config.json``, ``model.safetensors`` and ``tokenizer.json``, read with ``safetensors`` and
 ``tokenizers``. It does not import transformers, whose BERT classes alone take ~2.8 s to import on 2 CPU cores: with
 it, ``lmforge predict RUN "text"`` answers in under 2 s. The logits equal ``BertForSequenceClassification``'s (tested);
@@ -17,23 +17,24 @@ ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, a
                "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
 
-def supports(model_dir: Path) -> bool:
-    """Can the lean path run this folder? A BERT sequence classifier with absolute positions and safetensors."""
+def supports(model_dir: Path, *, classifier: bool = True) -> bool:
+    """Can the lean path run this folder? A BERT (a sequence classifier, unless ``classifier`` is off) with absolute
+    positions, safetensors and a tokenizer.json."""
     config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
     return (
         config.get("model_type") == "bert"
-        and "BertForSequenceClassification" in (config.get("architectures") or [])
+        and (not classifier or "BertForSequenceClassification" in (config.get("architectures") or []))
         and config.get("position_embedding_type", "absolute") == "absolute"
         and config.get("hidden_act") in ACTIVATIONS
         and not config.get("is_decoder")
-        and config.get("problem_type") in (None, "single_label_classification")
+        and (not classifier or config.get("problem_type") in (None, "single_label_classification"))
         and (Path(model_dir) / "model.safetensors").exists()
         and (Path(model_dir) / "tokenizer.json").exists()
     )
 
 
-class LeanBertClassifier:
-    """``logits(input_ids, attention_mask) -> [B, labels]`` with the folder's weights; eval mode (no dropout)."""
+class LeanBert:
+    """``hidden_states(input_ids, attention_mask) -> [B, T, H]`` with the folder's weights; eval mode (no dropout)."""
 
     def __init__(self, model_dir: Path, device: torch.device) -> None:
         from safetensors.torch import load_file
@@ -45,7 +46,6 @@ class LeanBertClassifier:
         self.eps = self.config["layer_norm_eps"]
         self.act = ACTIVATIONS[self.config["hidden_act"]]
         self.layers = self.config["num_hidden_layers"]
-        self.labels = [self.config["id2label"][str(i)] for i in range(len(self.config["id2label"]))]
 
     def _norm(self, x: torch.Tensor, name: str) -> torch.Tensor:
         return F.layer_norm(x, x.shape[-1:], self.w[f"{name}.weight"], self.w[f"{name}.bias"], self.eps)
@@ -54,7 +54,7 @@ class LeanBertClassifier:
         return F.linear(x, self.w[f"{name}.weight"], self.w[f"{name}.bias"])
 
     @torch.inference_mode()
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         w = self.w
         batch, width = input_ids.shape
         positions = torch.arange(width, device=input_ids.device)
@@ -72,8 +72,21 @@ class LeanBertClassifier:
             x = self._norm(self._linear(a, f"{p}.attention.output.dense") + x, f"{p}.attention.output.LayerNorm")
             h = self.act(self._linear(x, f"{p}.intermediate.dense"))
             x = self._norm(self._linear(h, f"{p}.output.dense") + x, f"{p}.output.LayerNorm")
+        return x
+
+
+class LeanBertClassifier(LeanBert):
+    """``logits(input_ids, attention_mask) -> [B, labels]``: the [CLS] position through the pooler and the head."""
+
+    def __init__(self, model_dir: Path, device: torch.device) -> None:
+        super().__init__(model_dir, device)
+        self.labels = [self.config["id2label"][str(i)] for i in range(len(self.config["id2label"]))]
+
+    @torch.inference_mode()
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = self.hidden_states(input_ids, attention_mask)
         pooled = torch.tanh(self._linear(x[:, 0], "pooler.dense"))  # [B, H]: the [CLS] position
-        return F.linear(pooled, w["classifier.weight"], w["classifier.bias"])
+        return F.linear(pooled, self.w["classifier.weight"], self.w["classifier.bias"])
 
 
 class FastTokenizer:

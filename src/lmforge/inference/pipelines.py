@@ -275,6 +275,20 @@ class FillMaskPipeline(Pipeline):
         return results
 
 
+# the decoding settings a seq2seq run's config holds (tasks.seq2seq.DecodingSettings) and predict() takes
+DECODING = ("num_beams", "length_penalty", "no_repeat_ngram_size", "max_new_tokens", "do_sample")
+SAMPLING = ("temperature", "top_p", "top_k")
+
+
+def generate_options(settings: dict) -> dict:
+    """Decoding settings as ``generate`` keyword arguments (sampling ones only when sampling: they mean nothing to
+    greedy or beam search, and transformers warns about them)."""
+    options = {k: v for k, v in settings.items() if k in DECODING}
+    if settings.get("do_sample"):
+        options.update({k: settings[k] for k in SAMPLING if k in settings})
+    return options
+
+
 class Seq2SeqPipeline(Pipeline):
     """Text in, text out (translation, summarization), greedy, beam search or sampling. An encoder-decoder (a
     span-corruption run, BERT2BERT, any HF seq2seq folder) reads the text; a causal LM (a translate or summarize run
@@ -293,7 +307,7 @@ class Seq2SeqPipeline(Pipeline):
         self.causal = not getattr(load_config(self.model_dir), "is_encoder_decoder", False)
         config = self.info.get("config") or {}
         if self.causal:
-            from lmforge.tasks.chat_format import ensure_chat_tokens, stop_on_turn_end
+            from lmforge.data.chat_format import ensure_chat_tokens, stop_on_turn_end
 
             self.model = from_pretrained(AutoModelForCausalLM, self.model_dir, attn_implementation="sdpa")
             ensure_chat_tokens(self.tokenizer, self.model)  # ChatML for a model without a template, as its run had
@@ -318,7 +332,7 @@ class Seq2SeqPipeline(Pipeline):
             if not truncate:
                 check_lengths([len(x) for x in encoded], self.max_length)
             return encoded
-        from lmforge.tasks.seq2seq import as_exchange, source_cutter
+        from lmforge.data.chat_format import as_exchange, source_cutter
 
         if not truncate:
             check_lengths([len(x) for x in self.tokenizer(texts, add_special_tokens=False)["input_ids"]],
@@ -334,8 +348,6 @@ class Seq2SeqPipeline(Pipeline):
         """Per text: ``{"text"}``, the generated output (special tokens other than sentinels removed). ``decoding``
         overrides the run's: num_beams, max_new_tokens, length_penalty, no_repeat_ngram_size, do_sample,
         temperature, top_p, top_k."""
-        from lmforge.tasks.seq2seq import generate_options
-
         texts = [texts] if isinstance(texts, str) else list(texts)
         settings = generate_options({**self.decoding, **{k: v for k, v in decoding.items() if v is not None}})
         encoded = self._encode(texts, truncate)
@@ -353,8 +365,91 @@ class Seq2SeqPipeline(Pipeline):
         return results
 
 
+class QuestionAnsweringPipeline(Pipeline):
+    """Extractive question answering (a ``qa`` run, or any HF ``...ForQuestionAnswering`` folder with a fast
+    tokenizer): the answer is a span of the context. A context longer than one window is read in overlapping windows
+    and the best span over all of them wins (:mod:`lmforge.inference.extractive_qa`)."""
+
+    kind = "question-answering"
+    predict_hint = 'it answers questions: use `lmforge predict RUN --question "..." --context "..."`'
+
+    def __init__(self, model_dir: Path, **kwargs: Any) -> None:
+        super().__init__(model_dir, **kwargs)
+        from transformers import AutoModelForQuestionAnswering
+
+        from lmforge.data.qa_windows import check_fast, question_limit
+        from lmforge.models import from_pretrained, load_tokenizer
+
+        self.tokenizer = load_tokenizer(self.model_dir)
+        check_fast(self.tokenizer, f"model '{self.name}'")
+        self.model = from_pretrained(AutoModelForQuestionAnswering, self.model_dir, attn_implementation="sdpa")
+        self.model.to(self.device).eval()
+        config = self.info.get("config") or {}
+        limit = min(int(self.tokenizer.model_max_length or 512), self.model.config.max_position_embeddings)
+        self.max_length = min(int(config.get("max_length") or 384), limit)
+        self.stride = int(config["stride"]) if config.get("stride") is not None else min(128, self.max_length // 4)
+        self.max_answer_length = int(config.get("max_answer_length") or 30)
+        self.n_best = int(config.get("n_best") or 20)
+        self.max_question_tokens = question_limit(self.tokenizer, self.max_length, self.stride)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "max_length": self.max_length, "stride": self.stride,
+                "max_answer_length": self.max_answer_length, "max_question_tokens": self.max_question_tokens}
+
+    @staticmethod
+    def _pairs(items: Any) -> tuple[list[str], list[str]]:
+        """Questions and contexts from ``{"question", "context"}`` dicts or ``(question, context)`` pairs."""
+        if isinstance(items, dict) or isinstance(items, tuple) and len(items) == 2 and isinstance(items[0], str):
+            items = [items]
+        questions, contexts = [], []
+        for i, item in enumerate(items):
+            question, context = ((item.get("question"), item.get("context")) if isinstance(item, dict)
+                                 else tuple(item) if isinstance(item, (tuple, list)) and len(item) == 2 else (None, None))
+            if not isinstance(question, str) or not isinstance(context, str):
+                raise LmforgeError(f"item {i} is not a question with its context",
+                                   fix='give {"question": "...", "context": "..."} items, or (question, context) pairs')
+            questions.append(question)
+            contexts.append(context)
+        return questions, contexts
+
+    def windows(self, items: Any, *, truncate: bool = True):
+        """The windows the model reads for these items (QuestionTooLong for a question past max_question_tokens,
+        unless ``truncate``)."""
+        from lmforge.data.qa_windows import encode_windows
+
+        questions, contexts = self._pairs(items)
+        return encode_windows(self.tokenizer, questions, contexts, self.max_length, self.stride, truncate=truncate), \
+            contexts
+
+    @torch.inference_mode()
+    def predict(self, questions_and_contexts: Any, *, batch_size: int = 32, truncate: bool = True,
+                max_windows: int | None = None) -> list[dict]:
+        """Per item: ``{"answer", "score", "start", "end", "windows"}``; ``answer == context[start:end]`` (character
+        offsets), ``score`` P(start) x P(end). ``truncate``: cut a question longer than a window holds beside the
+        context (else refuse it); contexts are never cut, they are read in windows. ``max_windows``: refuse (with
+        InputTooLong) items read as more windows than this in all."""
+        from lmforge.inference.extractive_qa import best_answers, window_logits
+
+        if isinstance(questions_and_contexts, list) and not questions_and_contexts:
+            return []
+        windows, contexts = self.windows(questions_and_contexts, truncate=truncate)
+        if max_windows is not None and len(windows) > max_windows:
+            raise InputTooLong(
+                f"these {len(contexts)} contexts are read as {len(windows)} windows of {self.max_length} tokens; "
+                f"one request may hold {max_windows}", fix="send shorter contexts, or split them over several requests")
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            starts, ends = window_logits(self.model, windows, self.pad_id, batch_size)
+        answers = best_answers(starts, ends, windows, contexts, n_best=self.n_best,
+                               max_answer_length=self.max_answer_length)
+        for answer, count in zip(answers, windows.per_example()):
+            answer["windows"] = int(count)
+        return answers
+
+
 PIPELINES: dict[str, type[Pipeline]] = {
-    cls.kind: cls for cls in (ClassificationPipeline, GenerationPipeline, FillMaskPipeline, Seq2SeqPipeline)
+    cls.kind: cls for cls in (ClassificationPipeline, GenerationPipeline, FillMaskPipeline, Seq2SeqPipeline,
+                              QuestionAnsweringPipeline)
 }
 
 

@@ -125,6 +125,10 @@ def create_app(models: list[str] | list[tuple[str, Path]], settings: ServeSettin
     app.include_router(models.router)
     for route in tasks.routes():  # every route some registered task answers: serve/routes/<route>.py
         app.include_router(importlib.import_module(f"lmforge.serve.routes.{route}").router)
+    if settings.kb is not None:
+        from lmforge.serve.routes import kb
+
+        app.include_router(kb.router)
 
     app.mount("/static", StaticFiles(directory=WEB), name="static")
     app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")

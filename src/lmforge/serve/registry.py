@@ -55,6 +55,7 @@ class ModelRegistry:
         self.models: dict[str, ServedModel] = {name: ServedModel(name, path) for name, path in specs}
         self.loaded = threading.Event()
         self.failed: str | None = None
+        self.kb = None  # the knowledge base of --kb, opened with the models
 
     @property
     def default(self) -> str | None:
@@ -65,6 +66,11 @@ class ModelRegistry:
         from lmforge.tasks import registry
 
         try:
+            if self.settings.kb is not None:
+                from lmforge.kb import KnowledgeBase
+
+                self.kb = KnowledgeBase.open(self.settings.kb)
+                self.kb.embedder  # noqa: B018 - loads the encoder now, not on the first question
             for served in self.models.values():
                 started = time.monotonic()
                 served.pipeline = load(served.path, name=served.name, precision=self.settings.precision)

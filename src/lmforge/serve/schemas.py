@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Strict(BaseModel):
@@ -59,6 +59,50 @@ class Seq2SeqResult(BaseModel):
 class Seq2SeqResponse(BaseModel):
     model: str
     results: list[Seq2SeqResult]
+
+
+class QAPair(Strict):
+    question: str = Field(description="the question")
+    context: str = Field(description="the text that holds its answer")
+
+
+class QARequest(Strict):
+    model: str | None = Field(None, description="model name (see GET /v1/models); default: the first that answers "
+                              "questions")
+    question: str | None = Field(None, description="one question (with context; or send inputs)")
+    context: str | None = Field(None, description="the text to find its answer in")
+    inputs: list[QAPair] | None = Field(None, description="a batch of {question, context} (instead of question and "
+                                        "context)")
+    truncate: bool = Field(False, description="cut a question longer than a window holds beside the context instead "
+                           "of refusing it (contexts are never cut: a long one is read in overlapping windows)")
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        single = self.question is not None or self.context is not None
+        if single and self.inputs is not None:
+            raise ValueError("send question and context, or inputs, not both")
+        if not single and self.inputs is None:
+            raise ValueError("send question and context, or inputs: a list of {question, context}")
+        if single and (self.question is None or self.context is None):
+            raise ValueError(f"{'context' if self.context is None else 'question'} is missing: send question and "
+                             "context together")
+        return self
+
+    def pairs(self) -> list[QAPair]:
+        return self.inputs if self.inputs is not None else [QAPair(question=self.question, context=self.context)]
+
+
+class QAResult(BaseModel):
+    answer: str = Field(description="the answer: context[start:end]")
+    score: float = Field(description="P(start) x P(end) of the answer's span in its window")
+    start: int = Field(description="character offset in the context where the answer starts (Unicode code points)")
+    end: int = Field(description="character offset in the context where the answer ends (exclusive)")
+    windows: int = Field(1, description="how many windows of max_length tokens the context was read as")
+
+
+class QAResponse(BaseModel):
+    model: str
+    results: list[QAResult]
 
 
 class ModelCard(BaseModel):

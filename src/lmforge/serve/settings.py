@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -41,3 +42,5 @@ class ServeSettings(BaseSettings):
         "auto", description="weights generative models decode with: auto (int8 on a CPU, bfloat16 on a GPU, for "
         "Llama models like smollm2), float32 (exactly the model)")
     max_prompt_tokens: int | None = Field(None, ge=1, description="cap on prompt tokens (default: the model's context)")
+    kb: Path | None = Field(None, description="a knowledge base (lmforge kb build) to answer /v1/kb/search and "
+                            "/v1/kb/ask from; the served chat or QA models read it")

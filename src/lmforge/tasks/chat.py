@@ -15,16 +15,16 @@ import numpy as np
 from pydantic import Field
 
 from lmforge.config import DecoderFinetuneConfig
-from lmforge.data.conversations import Conversations, load_conversations
-from lmforge.errors import DataError
-from lmforge.rundir import RunDir
-from lmforge.tasks.chat_format import (
+from lmforge.data.chat_format import (
     ChatBatches,
     conversation_batches,
     encode_conversation,
     ensure_chat_tokens,
     stop_on_turn_end,
 )
+from lmforge.data.conversations import Conversations, load_conversations
+from lmforge.errors import DataError
+from lmforge.rundir import RunDir
 from lmforge.tasks.common import bundled_dev_split, data_info, load_run_model, run_config, training_stage
 from lmforge.tasks.lm import lm_objective, load_decoder, score_lm
 from lmforge.tasks.registry import EvalOptions, Task, register

@@ -138,7 +138,7 @@ def as_conversation(code: str) -> list[dict] | None:
 
 def _chat_task(rows: list[dict], dev_rows: list[dict], config: FinetuneCodeConfig, decoder):
     """For a model with a chat template: each function a conversation, the loss on the answer only."""
-    from lmforge.tasks.chat_format import ChatBatches, conversation_batches, encode_conversation
+    from lmforge.data.chat_format import ChatBatches, conversation_batches, encode_conversation
     from lmforge.training.loop import TaskSpec
 
     tokenizer, field, max_length = decoder.tokenizer, config.code_field, 2 * config.seq_len  # docstring twice

@@ -53,16 +53,6 @@ class DecodingSettings(Strict):
     top_k: int = Field(0, ge=0, description="sampling: only from the k likeliest tokens (0: off)")
 
 
-def generate_options(settings: dict) -> dict:
-    """Decoding settings as ``generate`` keyword arguments (sampling ones only when sampling: they mean nothing to
-    greedy or beam search, and transformers warns about them)."""
-    sampling = ("temperature", "top_p", "top_k")
-    options = {k: v for k, v in settings.items() if k in DecodingSettings.model_fields and k not in sampling}
-    if settings.get("do_sample"):
-        options.update({k: settings[k] for k in sampling if k in settings})
-    return options
-
-
 class Seq2SeqTrainConfig(TrainConfig):
     epochs: float | None = Field(3, gt=0, description="passes over the training data (fractions allowed)")
     lr: float | None = Field(None, gt=0, description="peak learning rate (AdamW; default by the model: 3e-4 for an "
@@ -100,13 +90,6 @@ def task_settings(config_cls: type[Seq2SeqConfig], info: dict, task: str) -> Seq
     own = info.get("config") if info.get("task") == task else None
     raw = {k: v for k, v in (own or {}).items() if k in config_cls.model_fields}
     return config_cls.model_validate({"model": "-", "data": "", "out": "-", **raw})
-
-
-def as_exchange(instruction: str, source: str, target: str | None = None) -> list[dict]:
-    """A pair as the chat exchange a causal LM learns or is asked: the instruction and the source from the user, the
-    target as the assistant's answer."""
-    messages = [{"role": "user", "content": f"{instruction}\n\n{source}"}]
-    return messages + ([{"role": "assistant", "content": target}] if target is not None else [])
 
 
 class PairBatches:
@@ -212,11 +195,13 @@ def _pairs_spec(config: Seq2SeqConfig, task: str, family: str, train: Pairs, dev
 
 def _decoder_spec(config: Seq2SeqConfig, task: str, family: str, train: Pairs, dev: Pairs, tokenizer):
     """A causal LM learning each pair as a chat exchange, the loss on the answer only."""
-    from lmforge.tasks.chat_format import (
+    from lmforge.data.chat_format import (
         ChatBatches,
+        as_exchange,
         conversation_batches,
         encode_conversation,
         ensure_chat_tokens,
+        source_cutter,
         stop_on_turn_end,
     )
     from lmforge.tasks.lm import lm_objective, load_decoder, score_lm
@@ -247,17 +232,6 @@ def _decoder_spec(config: Seq2SeqConfig, task: str, family: str, train: Pairs, d
 def head(pairs: Pairs, count: int) -> Pairs:
     """The first ``count`` pairs."""
     return Pairs(pairs.spec, pairs.sources[:count], pairs.targets[:count], pairs.files)
-
-
-def source_cutter(tokenizer, max_tokens: int):
-    """Cuts a source text to its first ``max_tokens`` tokens (a causal LM's prompt is text: the cut is made before
-    it is rendered into the exchange, so the answer is never what gets cut)."""
-
-    def cut(text: str) -> str:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
-
-    return cut
 
 
 def generate(run: RunDir, info: dict, settings: Seq2SeqConfig, sources: list[str], batch_size: int) -> list[str]:

@@ -132,6 +132,7 @@ async function loadModels() {
     fill(page.querySelector('[data-slot="model"]'), served);
     $("#tab-" + page.dataset.route).hidden = served.length === 0;
   }
+  await loadKb();
   const current = document.querySelector('[role="tab"][aria-selected="true"]');
   if (!current || current.hidden) selectTab(document.querySelector('[role="tab"]:not([hidden])'));
   if (hasClassify) await showCard($("#model").value);
@@ -429,6 +430,71 @@ async function complete(event) {
   }
 }
 
+// ------------------------------------------------------------------ ask the docs (a server started with --kb)
+// readers: chat models write an answer citing [n]; extractive QA runs give a span from one passage
+const readers = () => state.models.filter((m) => (answers("openai")(m) && m.chat) || answers("qa")(m));
+
+async function loadKb() {
+  let kb = null;
+  try {
+    kb = await (await api("/v1/kb")).json();
+  } catch (_) { /* no knowledge base on this server: 404 */ }
+  $("#tab-ask").hidden = !kb;
+  if (!kb) return;
+  $("#kb-info").textContent = `${kb.passages.toLocaleString()} passages (${kb.size_mb} MB), searched by words and by meaning (${kb.model}).`;
+  fill($("#ask-reader"), readers(), (m) => m.chat);
+}
+
+function citeLinks(text) {
+  // [1] and [1, 2] become links to the passages they name
+  return esc(text).replace(/\[(\d+(?:\s*[,;]\s*\d+)*)\]/g, (whole, group) =>
+    "[" + group.split(/\s*[,;]\s*/).map((n) => `<a href="#passage-${n}" class="cite" data-n="${n}">${n}</a>`).join(", ") + "]");
+}
+
+function renderPassages(passages, cited = []) {
+  $("#passages").replaceChildren(...passages.map((p) => {
+    const li = document.createElement("li");
+    li.id = "passage-" + p.n;
+    li.className = "passage" + (cited.includes(p.n) ? " cited" : "");
+    li.innerHTML = `<div class="row spread"><strong>[${p.n}] ${esc(p.title || p.id)}</strong>` +
+      `<span class="muted">${esc(p.id)} · similarity ${fmt(p.similarity, 2)}</span></div><p>${esc(p.text)}</p>`;
+    return li;
+  }));
+}
+
+async function askDocs(event) {
+  event.preventDefault();
+  const question = $("#ask-question").value.trim();
+  if (!question) return;
+  showError($("#ask-error"), "");
+  const answer = $("#answer");
+  answer.textContent = "";
+  renderPassages([]);
+  $("#ask-submit").disabled = true;
+  let text = "";
+  try {
+    const response = await api("/v1/kb/ask", {
+      method: "POST",
+      body: JSON.stringify({ question, reader: $("#ask-reader").value || null, k: Number($("#ask-k").value),
+                             mode: $("#ask-mode").value, stream: true }),
+    });
+    for await (const event of sse(response)) {
+      if (event.type === "passages") renderPassages(event.passages);
+      else if (event.type === "delta") { text += event.text; answer.textContent = text; }
+      else if (event.type === "done") {
+        answer.innerHTML = citeLinks(event.answer) + (event.found ? "" : ' <span class="muted">(nothing in the knowledge base is close enough)</span>');
+        const cited = event.citations.map((c) => c.n);
+        document.querySelectorAll("#passages .passage").forEach((li) =>
+          li.classList.toggle("cited", cited.includes(Number(li.id.slice(8)))));
+      } else if (event.type === "error") showError($("#ask-error"), event.detail);
+    }
+  } catch (err) {
+    showError($("#ask-error"), explain(err));
+  } finally {
+    $("#ask-submit").disabled = false;
+  }
+}
+
 // ------------------------------------------------------------------ tabs, key dialog, wiring
 function selectTab(tab) {
   if (!tab) return;
@@ -470,6 +536,17 @@ function wire() {
   $("#chat-stop").addEventListener("click", () => state.abort && state.abort.abort());
   $("#chat-reset").addEventListener("click", () => { state.chat = []; renderChat(); });
   $("#complete-form").addEventListener("submit", complete);
+  $("#ask-form").addEventListener("submit", askDocs);
+  $("#answer").addEventListener("click", (e) => {
+    const link = e.target.closest("a.cite");
+    if (!link) return;
+    e.preventDefault();
+    const target = document.getElementById("passage-" + link.dataset.n);
+    if (!target) return;
+    target.scrollIntoView({ behavior: "smooth", block: "nearest" });
+    target.classList.add("flash");
+    setTimeout(() => target.classList.remove("flash"), 1200);
+  });
   const dialog = $("#key-dialog");
   $("#key-button").addEventListener("click", () => { $("#key-input").value = state.key; dialog.showModal(); });
   dialog.addEventListener("close", () => {

@@ -133,3 +133,21 @@ def conversation_batches(encoded: list, batch_size: int, pad_id: int, max_tokens
     batches = capped([order[i : i + batch_size] for i in range(0, len(encoded), batch_size)],
                      np.asarray([len(ids) for ids, _ in encoded]), max_tokens)
     return [collate([encoded[i] for i in batch], pad_id) for batch in batches]
+
+
+def as_exchange(instruction: str, source: str, target: str | None = None) -> list[dict]:
+    """A pair as the chat exchange a causal LM learns or is asked: the instruction and the source from the user, the
+    target as the assistant's answer."""
+    messages = [{"role": "user", "content": f"{instruction}\n\n{source}"}]
+    return messages + ([{"role": "assistant", "content": target}] if target is not None else [])
+
+
+def source_cutter(tokenizer, max_tokens: int):
+    """Cuts a source text to its first ``max_tokens`` tokens (a causal LM's prompt is text: the cut is made before
+    it is rendered into the exchange, so the answer is never what gets cut)."""
+
+    def cut(text: str) -> str:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
+
+    return cut

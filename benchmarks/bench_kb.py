@@ -1,0 +1,115 @@
+"""Knowledge-base retrieval: lmforge's KB against the plain way users do it today, on the same passages.
+
+Passages: the bundled Python docs (9,752) plus the Python FAQ answers; queries: the FAQ questions, each one's right
+passage its own answer (as ``lmforge evaluate KB --data python-faq``). Side by side, recall@5 and queries per second:
+
+- BM25: lmforge (SQLite FTS5, porter stemming) vs ``rank_bm25.BM25Okapi`` over lowercased word tokens;
+- dense: lmforge (float16 memory-mapped vectors) vs brute-force numpy cosine over the same vectors in float32;
+- hybrid: lmforge's reciprocal-rank fusion (no plain counterpart: the numbers stand alone).
+
+Query embedding is counted on both dense sides (the same encoder). The KB is built first if missing, and its build
+time reported.
+
+    python benchmarks/bench_kb.py [--kb benchmarks/out/kb-python-docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import OUT, hardware
+
+WORD = re.compile(r"\w+")
+
+
+def timed(queries: list[str], search) -> tuple[list[list[str]], float]:
+    start = time.perf_counter()
+    found = [search(q) for q in queries]
+    return found, len(queries) / (time.perf_counter() - start)
+
+
+def recall(found: list[list[str]], gold: list[str], k: int = 5) -> float:
+    return sum(g in f[:k] for f, g in zip(found, gold)) / len(gold)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--kb", type=Path, default=OUT / "kb-python-docs")
+    parser.add_argument("--k", type=int, default=5)
+    args = parser.parse_args()
+
+    from rank_bm25 import BM25Okapi
+
+    from lmforge.kb import KnowledgeBase
+    from lmforge.kb.evaluate import read_qa_pairs
+    from lmforge.kb.store import DB, META, VECTORS, Passage
+
+    build = None
+    if not (args.kb / META).exists():
+        build = KnowledgeBase.build(args.kb, ["python-docs-kb"], show_progress=False)
+    pairs = read_qa_pairs("python-faq")
+    with tempfile.TemporaryDirectory() as scratch:  # the FAQ answers join a copy of the KB
+        import shutil
+
+        for name in (DB, VECTORS, META):
+            shutil.copy2(args.kb / name, Path(scratch) / name)
+        kb = KnowledgeBase.open(scratch)
+        gold = [f"faq:{i}" for i in range(len(pairs))]
+        kb.add([Passage(g, p["title"], p["answer"]) for g, p in zip(gold, pairs)])
+        queries = [p["question"] for p in pairs]
+        rows = kb.store.fetch(list(range(kb.store.count)))
+        ids = [p.id for p in rows]
+        results = {}
+        for mode in ("bm25", "dense", "hybrid"):
+            kb.search(queries[0], k=args.k, mode=mode)  # warm
+            found, qps = timed(queries, lambda q, m=mode: [h.id for h in kb.search(q, k=args.k, mode=m)])
+            results[f"lmforge {mode}"] = {"recall@5": recall(found, gold), "queries_per_s": qps}
+
+        start = time.perf_counter()
+        plain = BM25Okapi([WORD.findall(kb.as_text(p).lower()) for p in rows])
+        index_s = time.perf_counter() - start
+        found, qps = timed(queries, lambda q: [ids[i] for i in np.argsort(-plain.get_scores(WORD.findall(q.lower())))[: args.k]])
+        results["rank_bm25"] = {"recall@5": recall(found, gold), "queries_per_s": qps, "index_s": index_s}
+
+        matrix = np.asarray(kb.store.vectors, dtype=np.float32)
+        embedder = kb.embedder
+
+        def brute(q: str) -> list[str]:
+            scores = matrix @ embedder.embed([q])[0]
+            return [ids[i] for i in np.argsort(-scores)[: args.k]]
+
+        found, qps = timed(queries, brute)
+        results["numpy cosine"] = {"recall@5": recall(found, gold), "queries_per_s": qps}
+        passages = kb.store.count
+        size_mb = kb.size_bytes() / 1e6
+        kb.close()
+
+    print(f"\n== kb retrieval on {hardware()}: {len(queries)} FAQ questions over {passages:,} passages")
+    if build:
+        print(f"   built {args.kb} in {build['seconds']} s (embedding {build['embed_s']} s), {build['size_mb']} MB")
+    print(f"   {'':20s} {'recall@5':>9s} {'queries/s':>10s}")
+    for name, r in results.items():
+        print(f"   {name:20s} {r['recall@5']:9.3f} {r['queries_per_s']:10.1f}")
+    print(f"   ratio lmforge/rank_bm25 queries/s: {results['lmforge bm25']['queries_per_s'] / results['rank_bm25']['queries_per_s']:.1f}x"
+          f"; lmforge dense/numpy: {results['lmforge dense']['queries_per_s'] / results['numpy cosine']['queries_per_s']:.2f}x")
+    OUT.mkdir(exist_ok=True)
+    (OUT / "kb.json").write_text(json.dumps({"benchmark": "kb", "hardware": hardware(), "passages": passages,
+                                             "queries": len(queries), "kb_size_mb": size_mb, "build": build,
+                                             "results": results,
+                                             "command": "python benchmarks/bench_kb.py " + " ".join(sys.argv[1:])},
+                                            indent=2))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()

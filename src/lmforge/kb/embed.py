@@ -1,0 +1,64 @@
+"""Sentence vectors: a BERT encoder's last hidden states mean-pooled over the real tokens and L2-normalized, as
+sentence-transformers computes them for ``minilm`` (all-MiniLM-L6-v2 is a sentence-embedding model). BERT folders
+run on the lean forward of :mod:`lmforge.inference.encoder`; any other encoder through transformers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmforge.data.batching import pad_batch, sorted_batches
+
+
+class SentenceEmbedder:
+    """``embed(texts) -> float32 [N, dim]``, unit length. Texts are cut to ``max_length`` tokens (default: the
+    model's sentence-transformers setting, else 256)."""
+
+    def __init__(self, model: str | Path = "minilm", *, max_length: int | None = None, device: str | None = None):
+        from lmforge.inference import encoder
+        from lmforge.models import resolve_model_path
+
+        self.model = str(model)
+        self.path = Path(resolve_model_path(model))
+        self.device = torch.device(device or "cpu")
+        settings = self.path / "sentence_bert_config.json"
+        configured = json.loads(settings.read_text(encoding="utf-8")).get("max_seq_length") if settings.exists() else None
+        if encoder.supports(self.path, classifier=False):
+            net, tok = encoder.LeanBert(self.path, self.device), encoder.FastTokenizer(self.path)
+            self._hidden, self._encode, self.pad_id = net.hidden_states, tok.encode, tok.pad_token_id or 0
+            self.dim, limit = int(net.config["hidden_size"]), int(net.config["max_position_embeddings"])
+        else:
+            from transformers import AutoModel
+
+            from lmforge.models import from_pretrained, load_tokenizer
+
+            tokenizer = load_tokenizer(self.path)
+            net = from_pretrained(AutoModel, self.path).to(self.device).eval()
+            self._hidden = lambda ids, mask: net(input_ids=ids, attention_mask=mask).last_hidden_state
+            self._encode = lambda texts, n: tokenizer(texts, truncation=True, max_length=n)["input_ids"]
+            self.pad_id = tokenizer.pad_token_id or 0
+            self.dim, limit = int(net.config.hidden_size), int(getattr(net.config, "max_position_embeddings", 512))
+        self.max_length = min(int(max_length or configured or 256), limit)
+
+    @torch.inference_mode()
+    def embed(self, texts: list[str], *, batch_size: int = 32,
+              on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        """Unit vectors for ``texts`` (batched by length; ``on_batch(n)`` after each batch of n texts)."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        encoded = self._encode(list(texts), self.max_length)
+        for index in sorted_batches([len(x) for x in encoded], batch_size):
+            ids, mask = pad_batch([encoded[i] for i in index], self.pad_id)
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            hidden = self._hidden(ids, mask).float()
+            weights = mask.unsqueeze(-1).float()
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+            out[index] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+            if on_batch is not None:
+                on_batch(len(index))
+        return out
