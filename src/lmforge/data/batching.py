@@ -49,3 +49,16 @@ def sorted_batches(lengths: list[int] | np.ndarray, batch_size: int) -> list[np.
     """Inference: indices sorted by length (longest first), cut into batches; callers scatter results back."""
     order = np.argsort(-np.asarray(lengths), kind="stable")
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def capped(batches: list[np.ndarray], lengths: np.ndarray, max_tokens: int | None) -> list[np.ndarray]:
+    """Batches split where ``rows x longest row`` would pass ``max_tokens``: long examples come fewer at a time, so
+    the memory a step needs stays bounded (a batch of 16 conversations of 512 tokens through a 135M-parameter model
+    with LoRA took 24 GB; 32 e-mails read in 16 windows each, 12 GB)."""
+    if not max_tokens:
+        return batches
+    out = []
+    for batch in batches:
+        per = max(1, max_tokens // max(1, int(lengths[batch].max())))
+        out += [batch[i : i + per] for i in range(0, len(batch), per)]
+    return out

@@ -8,7 +8,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from lmforge.data.batching import length_grouped_batches
+from lmforge.data.batching import capped, length_grouped_batches
 from lmforge.errors import DataError
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -79,19 +79,6 @@ def encode_conversation(tokenizer, messages: list[dict], max_length: int) -> tup
         inside = any(begin <= start and end <= stop for begin, stop in regions) and end > start
         labels.append(token if inside else -100)
     return ids[:max_length], labels[:max_length]
-
-
-def capped(batches: list[np.ndarray], lengths: np.ndarray, max_tokens: int | None) -> list[np.ndarray]:
-    """Batches split where ``rows x longest row`` would pass ``max_tokens``: long examples come fewer at a time, so
-    the memory a step needs stays bounded (a batch of 16 conversations of 512 tokens through a 135M-parameter model
-    with LoRA took 24 GB)."""
-    if not max_tokens:
-        return batches
-    out = []
-    for batch in batches:
-        per = max(1, max_tokens // max(1, int(lengths[batch].max())))
-        out += [batch[i : i + per] for i in range(0, len(batch), per)]
-    return out
 
 
 class ChatBatches:

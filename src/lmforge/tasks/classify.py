@@ -77,14 +77,19 @@ class ClassificationBatches:
         self.lengths = np.asarray([sum(len(p) for p in x) for x in pieces])
         self.several = any(len(x) > 1 for x in pieces)
         self.batch_size, self.seed, self.pad_id, self.pad_multiple = batch_size, seed, pad_id, pad_multiple
+        # texts read in several windows come fewer at a time: a batch holds about as many tokens as batch_size
+        # one-window texts would
+        self.max_tokens = batch_size * max(len(p) for x in pieces for p in x) if self.several else None
 
     @lru_cache(maxsize=2)  # noqa: B019 - two epochs' orders, alive as long as the batch source itself
     def _order(self, epoch: int) -> list[np.ndarray]:
+        from lmforge.data.batching import capped
+
         rng = np.random.default_rng([self.seed, epoch])
-        return length_grouped_batches(self.lengths, self.batch_size, rng)
+        return capped(length_grouped_batches(self.lengths, self.batch_size, rng), self.lengths, self.max_tokens)
 
     def num_batches(self, epoch: int) -> int:
-        return -(-len(self.pieces) // self.batch_size)
+        return len(self._order(epoch))
 
     def batch(self, epoch: int, index: int) -> dict:
         import torch
