@@ -16,16 +16,19 @@ from lmforge.serve.settings import ServeSettings
 from tests.serve.live import uvicorn_in_thread
 
 GENERATION = ("/v1/completions", "/v1/chat/completions")
-# the classifier is the default model for /v1/classify; the generation routes need a name: the chat model answers both
-MODEL_FOR = {path: "chat" for path in GENERATION}
+# the classifier is the default model for /v1/classify; the generation routes need a name: the chat model answers both;
+# /v1/qa its QA run, and /v1/kb/ask a reader (its "reader" field)
+MODEL_FOR = {**{path: "chat" for path in GENERATION}, "/v1/qa": "qa"}
+READER_FOR = {"/v1/kb/ask": "chat"}
 seen: Counter = Counter()  # (path, status) over the whole run, to check the models were really reached
 
 
 @pytest.fixture(scope="module")
-def served_url(classify_run, chat_run):
+def served_url(classify_run, chat_run, qa_run, kb_dir):
     # small caps keep each generated request cheap; they are limits like any other (a 400/422 beyond them)
-    settings_ = ServeSettings(max_new_tokens=8, max_batch_inputs=4, max_input_chars=2_000)
-    app = create_app([f"sentiment={classify_run}", f"chat={chat_run}"], settings_, load_in_background=False)
+    settings_ = ServeSettings(max_new_tokens=8, max_batch_inputs=4, max_input_chars=2_000, kb=kb_dir)
+    app = create_app([f"sentiment={classify_run}", f"chat={chat_run}", f"qa={qa_run}"], settings_,
+                     load_in_background=False)
     with uvicorn_in_thread(app) as url:
         yield url
 
@@ -52,7 +55,7 @@ def _constrained(schema: dict) -> bool:
 def _cases() -> list:
     """(operation, mode) for every operation the app documents (its own schema: no models needed): valid data for
     each, invalid data for each that takes any input."""
-    paths = create_app([]).openapi()["paths"]
+    paths = create_app([], ServeSettings(kb="kb")).openapi()["paths"]  # a KB adds its routes (opened at start-up)
     cases = []
     for path, item in paths.items():
         for method, operation in item.items():
@@ -78,6 +81,8 @@ def _steer(case) -> None:
     is already a string is replaced, so a case generated to be invalid stays invalid."""
     if case.path in MODEL_FOR and isinstance(case.body, dict) and isinstance(case.body.get("model"), str):
         case.body["model"] = MODEL_FOR[case.path]
+    if case.path in READER_FOR and isinstance(case.body, dict) and isinstance(case.body.get("reader"), str):
+        case.body["reader"] = READER_FOR[case.path]
     name = (case.path_parameters or {}).get("name")
     if case.path == "/v1/models/{name}" and isinstance(name, str) and len(name) % 3:  # a third stay unknown: 404
         case.path_parameters["name"] = ("sentiment", "chat")[len(name) % 3 - 1]
@@ -114,5 +119,5 @@ def test_the_models_were_reached():
     if not seen:
         pytest.skip("counts what the fuzzing tests above sent; run it with them")
     print("fuzzed:", ", ".join(f"{path} {status}: {n}" for (path, status), n in sorted(seen.items())))
-    for path in ("/v1/classify", *GENERATION):
+    for path in ("/v1/classify", *GENERATION, "/v1/qa", "/v1/kb/search", "/v1/kb/ask"):
         assert seen[(path, 200)] >= 1, (path, sorted(seen.items()))

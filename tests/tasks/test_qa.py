@@ -187,7 +187,7 @@ def test_the_api_answers_and_refuses_bad_bodies(qa_run):
             "too long": ({"question": question, "context": "x" * 1001}, "the context has 1,001 characters"),
             "long question": ({"question": "where " * 60, "context": context}, "longer than the 37 tokens"),
             "too many windows": ({"inputs": [{"question": question, "context": LONG}] * 3}, "one request may hold 12"),
-            "lone surrogate": ('{"question": "\\ud800?", "context": "x"}', "not valid Unicode text"),  # raw JSON
+            "lone surrogate": ('{"question": "\\ud800?", "context": "x"}', "question: Input should be a valid string"),  # raw JSON
             "not a QA model": ({"question": question, "context": context, "model": "nope"}, "model 'nope' not found"),
         }
         for name, (body, fragment) in bad.items():

@@ -57,6 +57,18 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
+def _printable(value):
+    """Error details echo what was sent: text that cannot be written as UTF-8 (a lone surrogate from a JSON escape)
+    is shown with replacement characters instead of failing the answer."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, list):
+        return [_printable(v) for v in value]
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    return value
+
+
 def create_app(models: list[str] | list[tuple[str, Path]], settings: ServeSettings | None = None,
                *, load_in_background: bool = True) -> FastAPI:
     settings = settings or ServeSettings()
@@ -102,7 +114,7 @@ def create_app(models: list[str] | list[tuple[str, Path]], settings: ServeSettin
     async def validation_error(request: Request, exc: RequestValidationError):
         first = exc.errors()[0]["loc"] if exc.errors() else ()
         param = ".".join(str(p) for p in first if p != "body") or None
-        return _error(request, 422, _describe_validation(exc), extra={"errors": jsonable_encoder(exc.errors())},
+        return _error(request, 422, _describe_validation(exc), extra={"errors": _printable(jsonable_encoder(exc.errors()))},
                       param=param)
 
     @app.exception_handler(LmforgeError)

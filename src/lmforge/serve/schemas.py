@@ -62,15 +62,19 @@ class Seq2SeqResponse(BaseModel):
 
 
 class QAPair(Strict):
-    question: str = Field(description="the question")
-    context: str = Field(description="the text that holds its answer")
+    question: str = Field(min_length=1, description="the question")
+    context: str = Field(min_length=1, description="the text that holds its answer")
 
 
 class QARequest(Strict):
+    # the two forms, in the schema too: a question with its context, or a batch of them
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["question", "context"]},
+                                                           {"required": ["inputs"]}]})
+
     model: str | None = Field(None, description="model name (see GET /v1/models); default: the first that answers "
                               "questions")
-    question: str | None = Field(None, description="one question (with context; or send inputs)")
-    context: str | None = Field(None, description="the text to find its answer in")
+    question: str | None = Field(None, min_length=1, description="one question (with context; or send inputs)")
+    context: str | None = Field(None, min_length=1, description="the text to find its answer in")
     inputs: list[QAPair] | None = Field(None, description="a batch of {question, context} (instead of question and "
                                         "context)")
     truncate: bool = Field(False, description="cut a question longer than a window holds beside the context instead "
