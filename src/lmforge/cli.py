@@ -46,6 +46,8 @@ app.add_typer(finetune_app, name="finetune")
 kb_app = typer.Typer(help="Knowledge bases: build from documents, search, ask with citations.", no_args_is_help=True,
                      rich_markup_mode=None)
 app.add_typer(kb_app, name="kb")
+models_app = typer.Typer(help="The models lmforge can start from.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(models_app, name="models")
 
 log = logging.getLogger("lmforge")
 _state: dict[str, Any] = {"progress": True, "started": None}  # started: when main() began (budgets count from it)
@@ -183,6 +185,51 @@ def datasets_list(
         table.add_row(r["name"], r["task"], ", ".join(r["splits"]), f"{r['size_kb']:,.0f} KB", r["license"],
                       r["description"])
     Console(width=200).print(table)
+
+
+@models_app.command("list")
+def models_list(
+    names: Annotated[list[str] | None, typer.Argument(help="only these (names as listed)", metavar="[NAME...]")] = None,
+    runs: Annotated[Path, typer.Option("--runs", metavar="DIR", help="folder of run dirs to include")] = Path("runs"),
+    measure: Annotated[bool, typer.Option("--measure", help="time each model's inference on this machine (a few "
+                                          "seconds each)")] = False,
+    presets: Annotated[bool, typer.Option("--presets/--no-presets", help="include the from-scratch size presets")] = True,
+    seconds: Annotated[float, typer.Option("--seconds", min=0.1, max=600, metavar="S",
+                                           help="with --measure: how long to time each model")] = 3.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Every model lmforge can use offline: the embedded ones, the size presets, and the runs under --runs; what each
+    is for, parameters, size on disk, longest input, and with --measure its speed here."""
+    from lmforge.catalog import catalog
+    from lmforge.catalog import measure as time_model
+
+    entries = catalog(runs, with_presets=presets)
+    if names:
+        unknown = [n for n in names if n not in {e.name for e in entries}]
+        if unknown:
+            raise LmforgeError(f"no model named {', '.join(unknown)}", fix="see `lmforge models list` for the names")
+        entries = [e for e in entries if e.name in names]
+    if measure:
+        for entry in entries:
+            entry.speed = time_model(entry, seconds=seconds)
+    if as_json:
+        _echo_json([e.as_dict() for e in entries])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="models lmforge can start from")
+    for column in ("name", "family", "parameters", "on disk", "max tokens", *(["speed here"] if measure else []),
+                   "good for", "use"):
+        table.add_column(column, justify="right" if column in ("parameters", "on disk", "max tokens") else "left")
+    for e in entries:
+        speed = [f"{e.speed['value']:,} {e.speed['unit']}" if e.speed else "-"] if measure else []
+        what = e.good_for if e.kind != "run" else f"{e.task} run" + (
+            "; " + ", ".join(f"{k} {v:.3g}" for k, v in e.metric.items()) if e.metric else "")
+        table.add_row(e.name, e.family, f"{e.parameters / 1e6:,.1f}M" if e.parameters else "-",
+                      f"{e.size_mb:,.0f} MB" if e.size_mb is not None else "-",
+                      f"{e.max_length:,}" if e.max_length else "any", *speed, what, e.use)
+    Console(width=220).print(table)
 
 
 KB_ARG = Annotated[Path, typer.Argument(help="knowledge base folder (lmforge kb build)", metavar="KB")]

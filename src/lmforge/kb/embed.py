@@ -5,7 +5,6 @@ run on the lean forward of :mod:`lmforge.inference.encoder`; any other encoder t
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -44,21 +43,37 @@ class SentenceEmbedder:
             self.dim, limit = int(net.config.hidden_size), int(getattr(net.config, "max_position_embeddings", 512))
         self.max_length = min(int(max_length or configured or 256), limit)
 
-    @torch.inference_mode()
-    def embed(self, texts: list[str], *, batch_size: int = 32,
-              on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-        """Unit vectors for ``texts`` (batched by length; ``on_batch(n)`` after each batch of n texts)."""
+    def embed(self, texts: list[str], *, batch_size: int = 32, workers: int | None = None) -> np.ndarray:
+        """Unit vectors for ``texts``, batched by length. On a CPU with several cores, ``workers`` batches (default:
+        one per core) run side by side, each on one thread: BERT's matrix products at this size scale poorly across
+        threads of one product, and a batch per core keeps every core busy."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
         encoded = self._encode(list(texts), self.max_length)
-        for index in sorted_batches([len(x) for x in encoded], batch_size):
+        batches = sorted_batches([len(x) for x in encoded], batch_size)
+
+        @torch.inference_mode()  # per thread: inference mode is thread-local
+        def run(index: np.ndarray) -> None:
             ids, mask = pad_batch([encoded[i] for i in index], self.pad_id)
             ids, mask = ids.to(self.device), mask.to(self.device)
             hidden = self._hidden(ids, mask).float()
             weights = mask.unsqueeze(-1).float()
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
             out[index] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
-            if on_batch is not None:
-                on_batch(len(index))
+
+        workers = workers or (torch.get_num_threads() if self.device.type == "cpu" else 1)
+        if workers <= 1 or len(batches) <= 1:
+            for index in batches:
+                run(index)
+            return out
+        from concurrent.futures import ThreadPoolExecutor
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lmforge-embed") as pool:
+                list(pool.map(run, batches))
+        finally:
+            torch.set_num_threads(threads)
         return out

@@ -27,6 +27,7 @@ class ServedModel:
     generation: GenerationBatcher | None = None  # generative models: concurrent requests decoded as one batch
     routes: tuple[str, ...] = ()  # the server routes that answer this model (from its task in the task registry)
     card_metrics: tuple[str, ...] = ()  # eval.json keys its model card shows (ditto)
+    extra: dict = field(default_factory=dict)  # what routes work out once per model (e.g. its parameter count)
 
     @property
     def task(self) -> str:

@@ -124,6 +124,9 @@ class ModelCard(BaseModel):
     max_windows: int | None = Field(None, description="windows: the most one text is read as; a longer text is "
                                     "refused with 422 unless the request sends truncate")
     metrics: dict[str, Any] | None = Field(None, description="the run's last evaluation (eval.json)")
+    family: str | None = Field(None, description="encoder, decoder or encoder-decoder")
+    parameters: int | None = Field(None, description="parameters of the model")
+    size_mb: float | None = Field(None, description="the model folder's size on disk")
 
 
 class ModelList(BaseModel):

@@ -14,7 +14,20 @@ def _card(served: ServedModel) -> dict:
     return {"id": served.name, "created": served.created, "task": served.task, "routes": list(served.routes),
             "chat": described.get("chat"), "labels": described.get("labels"),
             "max_length": described.get("max_length"), "long_inputs": described.get("long_inputs"),
-            "max_windows": described.get("max_windows"), "metrics": _metrics(served)}
+            "max_windows": described.get("max_windows"), "metrics": _metrics(served), **_shape(served)}
+
+
+def _shape(served: ServedModel) -> dict:
+    """Family, parameters and size on disk (``lmforge models list``'s columns), counted once per model."""
+    if "shape" not in served.extra:
+        from lmforge.catalog import folder_entry
+
+        try:
+            entry = folder_entry(served.name, "served", served.pipeline.model_dir, "")
+            served.extra["shape"] = {"family": entry.family, "parameters": entry.parameters, "size_mb": entry.size_mb}
+        except (OSError, ValueError, KeyError):  # a folder without config.json or safetensors: nothing to show
+            served.extra["shape"] = {}
+    return served.extra["shape"]
 
 
 def _metrics(served: ServedModel) -> dict | None:
