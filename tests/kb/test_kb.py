@@ -66,6 +66,10 @@ def test_the_lean_sentence_vectors_equal_mean_pooled_transformers_ones():
     assert np.allclose(ours, theirs, atol=1e-5)
     assert float(ours[0] @ ours[1]) < 0.5 < float(ours[0] @ SentenceEmbedder("minilm").embed(
         ["What is the way to read a file one line at a time?"])[0])
+    many = [f"{t} ({i})" for i in range(9) for t in texts]  # batches of 4 on two workers, one thread each
+    embedder = SentenceEmbedder("minilm")
+    assert np.allclose(embedder.embed(many, batch_size=4, workers=2), embedder.embed(many, batch_size=4, workers=1),
+                       atol=1e-5)
 
 
 def test_building_again_adds_only_new_passages_and_keeps_the_old_vectors(passages, tmp_path):
