@@ -30,10 +30,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class LiveServer:
-    """``module``: what ``python -m`` runs, ``lmforge`` or a test wrapper around its CLI (tests.serve.slow_generation)."""
+    """``module``: what ``python -m`` runs, ``lmforge`` or a test wrapper around its CLI (tests.serve.slow_generation);
+    ``port``: a given one, to bring a server back where a stopped one was (same origin for the browser)."""
 
-    def __init__(self, *args: str, env: dict | None = None, module: str = "lmforge") -> None:
-        self.port = free_port()
+    def __init__(self, *args: str, env: dict | None = None, module: str = "lmforge", port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
         self.proc = subprocess.Popen(

@@ -69,7 +69,8 @@ def test_metrics_need_the_key_unless_public_and_health_docs_ui_stay_open(classif
         assert c.get("/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
         shown = c.get("/metrics", headers=KEY)
         assert shown.status_code == 200 and 'lmforge_batch_size_count{model="sentiment"} 1.0' in shown.text
-        for open_path in ("/health/live", "/health/ready", "/", "/docs", "/redoc", "/openapi.json", "/static/app.js"):
+        for open_path in ("/health/live", "/health/ready", "/", "/docs", "/redoc", "/openapi.json", "/static/app.js",
+                          "/manifest.webmanifest", "/sw.js", "/offline.html", "/static/icons/icon-192.png"):
             assert c.get(open_path).status_code == 200, open_path
     with make_client(classify_run, api_key="s3cret", metrics_public=True) as c:
         assert c.get("/metrics").status_code == 200

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.serve.live import LiveServer
+import lmforge
+from tests.serve.live import LiveServer, free_port
 
 # LMFORGE_CHROMIUM points at another browser binary (the tests of this very check point it at nothing)
 CHROMIUM = os.environ.get("LMFORGE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -252,3 +254,138 @@ def test_ask_the_docs_at_phone_width_streams_the_answer_the_api_gives(browser, k
     page.wait_for_selector("#passage-1.flash")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.screenshot(path=str(ARTIFACTS / "web-ui-ask-phone.png"), full_page=True)
+
+
+# ---------------------------------------------------------------- installable app (PWA)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SHELL = {"/", "/offline.html", "/manifest.webmanifest", "/static/app.js", "/static/app.css",
+         "/static/icons/icon-192.png", "/static/icons/icon-512.png", "/static/icons/icon-maskable-512.png",
+         "/static/icons/apple-touch-icon.png"}
+NETWORK_ONLY = ("/v1", "/health", "/metrics", "/docs", "/redoc", "/openapi.json")
+PHONE = {"width": 390, "height": 844}
+# resolves once the page's service worker is active, with its state ("activated")
+WORKER_ACTIVATED = """async () => {
+  const worker = (await navigator.serviceWorker.ready).active;
+  if (worker.state !== "activated") {
+    await new Promise((done) => worker.addEventListener("statechange", () => worker.state === "activated" && done()));
+  }
+  return worker.state;
+}"""
+CACHED_PATHS = """async () => {
+  const paths = {};
+  for (const name of await caches.keys()) {
+    paths[name] = (await (await caches.open(name)).keys()).map((request) => new URL(request.url).pathname);
+  }
+  return paths;
+}"""
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's header (signature, then the IHDR chunk: length, type, width, height)."""
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR", data[:16]
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_the_manifest_is_valid_and_its_icons_are_pngs_of_their_declared_size(server):
+    response = httpx.get(server.url + "/manifest.webmanifest")
+    assert response.status_code == 200 and response.headers["content-type"] == "application/manifest+json"
+    manifest = response.json()
+    assert manifest["name"] == manifest["short_name"] == "lmforge"
+    assert manifest["display"] == "standalone" and manifest["scope"] == "/" and manifest["start_url"] == "/"
+    assert manifest["start_url"].startswith(manifest["scope"])  # start_url within scope
+    css = (Path(__file__).resolve().parents[2] / "src/lmforge/serve/web/app.css").read_text()
+    light = dict(re.findall(r"--(bg|card):\s*(#[0-9a-f]{6})", css.split("@media")[0]))
+    assert manifest["background_color"] == light["bg"] and manifest["theme_color"] == light["card"]  # the top bar
+    sizes = {}
+    for icon in manifest["icons"]:
+        image = httpx.get(server.url + icon["src"])
+        assert image.status_code == 200 and image.headers["content-type"] == icon["type"] == "image/png", icon
+        width, height = png_size(image.content)
+        assert icon["sizes"] == f"{width}x{height}", icon
+        sizes.setdefault(icon.get("purpose", "any"), set()).add(icon["sizes"])
+    assert {"192x192", "512x512"} <= sizes["any"] and "512x512" in sizes["maskable"]
+    page = httpx.get(server.url + "/").text  # the UI links it, with an icon for iOS home screens
+    assert '<link rel="manifest" href="/manifest.webmanifest">' in page and 'name="theme-color"' in page
+    apple = re.search(r'rel="apple-touch-icon" href="([^"]+)"', page).group(1)
+    assert png_size(httpx.get(server.url + apple).content) == (180, 180)
+    # the worker comes from the root path (its scope is the whole UI), is never stale, and names its cache after
+    # the version, so an upgrade replaces the cached shell
+    worker = httpx.get(server.url + "/sw.js")
+    assert worker.status_code == 200 and "javascript" in worker.headers["content-type"]
+    assert worker.headers["cache-control"] == "no-cache"
+    assert f'"{lmforge.__version__}-' in worker.text and "__LMFORGE_CACHE_VERSION__" not in worker.text
+    offline = httpx.get(server.url + "/offline.html")
+    assert offline.status_code == 200 and "lmforge serve RUN" in offline.text
+    paths = httpx.get(server.url + "/openapi.json").json()["paths"]
+    assert not {"/sw.js", "/manifest.webmanifest", "/offline.html"} & set(paths)  # UI files, not API operations
+
+
+@pytest.fixture
+def profile_context(browser, tmp_path):
+    """A browser context with a profile on disk, as a user's browser has. Chromium never offers to install an app
+    from an incognito context, which is what browser.new_page() opens."""
+    context = browser.browser_type.launch_persistent_context(tmp_path / "profile", executable_path=CHROMIUM, args=ARGS,
+                                                             viewport={"width": 1200, "height": 900})
+    yield context
+    context.close()
+
+
+def test_the_service_worker_activates_and_chromium_finds_the_app_installable(profile_context, server):
+    page = profile_context.pages[0] if profile_context.pages else profile_context.new_page()
+    failed: list[str] = []
+    page.on("requestfailed", lambda request: failed.append(request.url))
+    page.goto(server.url)
+    assert page.evaluate(WORKER_ACTIVATED) == "activated"
+    page.reload()
+    page.wait_for_selector("#status.pill-ok")
+    assert page.evaluate("navigator.serviceWorker.controller.scriptURL") == server.url + "/sw.js"
+    cdp = profile_context.new_cdp_session(page)
+    manifest = cdp.send("Page.getAppManifest")
+    assert manifest["url"] == server.url + "/manifest.webmanifest" and manifest["errors"] == []
+    assert manifest["manifest"]["display"] == "kStandalone" and manifest["manifest"]["startUrl"] == server.url + "/"
+    assert cdp.send("Page.getInstallabilityErrors")["installabilityErrors"] == []
+    # one cache, named after this version, holding the shell and nothing of the API, even after the page used it
+    cached = page.evaluate(CACHED_PATHS)
+    assert len(cached) == 1 and next(iter(cached)).startswith(f"lmforge-shell-{lmforge.__version__}-"), cached
+    paths = next(iter(cached.values()))
+    assert set(paths) == SHELL and not [p for p in paths if p.startswith(NETWORK_ONLY)], paths
+    assert failed == []
+
+
+def test_offline_the_installed_app_says_how_to_start_the_server_at_phone_width(browser, classify_run):
+    from playwright.sync_api import (
+        Error as PlaywrightError,  # imported here: without it the module still skips
+    )
+
+    port = free_port()
+    context = browser.new_context(viewport=PHONE)
+    page = context.new_page()
+    with LiveServer(f"sentiment={classify_run}", port=port) as live:
+        page.goto(live.url)
+        assert page.evaluate(WORKER_ACTIVATED) == "activated"
+        page.reload()  # now the worker controls the page
+        page.wait_for_selector("#status.pill-ok")
+        assert page.evaluate("navigator.serviceWorker.controller !== null")
+    # the server is gone: API calls fail, none is answered from a cache
+    for path in ("/health/ready", "/v1/models", "/metrics"):
+        assert page.evaluate(f"fetch('{path}').then((r) => r.status, () => 'unreachable')") == "unreachable", path
+    # opening the app shows the offline page (from the worker's cache), not the browser's error page
+    page.goto(live.url)
+    page.wait_for_selector("h1:has-text('cannot be reached')")
+    assert page.url == live.url + "/" and page.title() == "lmforge — server unreachable"
+    assert page.locator("#command").inner_text() == f"lmforge serve RUN --port {port}"
+    assert page.locator("#origin").inner_text() == live.url
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    assert page.evaluate("getComputedStyle(document.querySelector('.card')).borderRadius") == "12px"  # styled, cached
+    page.screenshot(path=str(ARTIFACTS / "web-ui-offline-phone.png"), full_page=True)
+    # the API docs are never intercepted: with no server, the browser's own error
+    docs = context.new_page()
+    with pytest.raises(PlaywrightError, match="ERR_CONNECTION_REFUSED"):
+        docs.goto(live.url + "/docs")
+    docs.close()
+    # the server comes back on the same port: the offline page retries by itself and opens the app
+    with LiveServer(f"sentiment={classify_run}", port=port):
+        page.wait_for_selector("#status.pill-ok", timeout=30_000)
+        assert page.title() == "lmforge" and page.locator("#model").input_value() == "sentiment"
+    context.close()

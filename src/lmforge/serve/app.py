@@ -7,6 +7,8 @@ with a new route adds one route file and nothing here.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
 import threading
 from contextlib import asynccontextmanager
@@ -16,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -67,6 +69,16 @@ def _printable(value):
     if isinstance(value, dict):
         return {_printable(k): _printable(v) for k, v in value.items()}
     return value
+
+
+@functools.cache
+def shell_version() -> str:
+    """Names the service worker's cache: lmforge's version and a digest of the web UI's files, so an upgrade (or an
+    edited file in a development install) installs a new worker that caches the new files and drops the old ones."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in WEB.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(WEB).as_posix().encode() + b"\0" + path.read_bytes())
+    return f"{__import__('lmforge').__version__}-{digest.hexdigest()[:12]}"
 
 
 def create_app(models: list[str] | list[tuple[str, Path]], settings: ServeSettings | None = None,
@@ -169,6 +181,22 @@ def create_app(models: list[str] | list[tuple[str, Path]], settings: ServeSettin
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(WEB / "index.html", headers={"Cache-Control": "no-cache"})
+
+    # the installable app (PWA): manifest, offline page, and the service worker, which must be served from the root
+    # path for its scope to cover the whole UI
+    @app.get("/manifest.webmanifest", include_in_schema=False)
+    def manifest() -> FileResponse:
+        return FileResponse(WEB / "manifest.webmanifest", media_type="application/manifest+json",
+                            headers={"Cache-Control": "no-cache"})
+
+    @app.get("/offline.html", include_in_schema=False)
+    def offline_page() -> FileResponse:
+        return FileResponse(WEB / "offline.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/sw.js", include_in_schema=False)
+    def service_worker() -> Response:
+        script = (WEB / "sw.js").read_text().replace("__LMFORGE_CACHE_VERSION__", shell_version())
+        return Response(script, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
 
     # the last added runs first: metrics see every answer; CORS answers preflights and adds its headers to the
     # 401/413/429/503 below; the key is checked before the body is read; admission last, right before the routes

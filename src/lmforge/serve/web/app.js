@@ -559,5 +559,16 @@ function wire() {
   renderHistory();
 }
 
+// ------------------------------------------------------------------ installable app (PWA)
+// the service worker (sw.js) keeps the shell for the installed app and shows an offline page when the server is
+// down; it never touches API calls. Where it cannot register (an insecure origin, an old browser) the page works as is.
+function registerServiceWorker() {
+  const failed = (err) => console.warn("lmforge: the service worker did not register:", err);
+  try {
+    if ("serviceWorker" in navigator) navigator.serviceWorker.register("/sw.js").catch(failed);
+  } catch (err) { failed(err); }  // navigator.serviceWorker itself throws in some sandboxed frames
+}
+
 wire();
 pollReady();
+window.addEventListener("load", registerServiceWorker);
