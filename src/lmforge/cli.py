@@ -594,6 +594,107 @@ def _answer(run: Path, question: str | None, context: str | None, has_texts: boo
     _write_results([{"question": question, **answer}], output)
 
 
+def _explainer(run: Path):
+    from lmforge.inference.explain import Explainer
+    from lmforge.stages import resolve_task
+
+    task, model_dir, info = resolve_task(run)
+    if task.name != "classify":
+        raise LmforgeError(f"'{run}' is a {task.name} model; explanations are for classifiers",
+                           fix="give a run of `lmforge finetune classify`")
+    return Explainer(model_dir, info)
+
+
+@app.command()
+def explain(
+    run: Annotated[Path, typer.Argument(help="a classify run (or a sequence-classifier folder)", metavar="RUN")],
+    text: Annotated[str | None, typer.Argument(help="the text to explain", metavar="TEXT")] = None,
+    method: Annotated[str, typer.Option("--method", metavar="METHOD",
+                                        help="integrated-gradients or occlusion (Captum)")] = "integrated-gradients",
+    target: Annotated[str | None, typer.Option("--target", metavar="LABEL", help="explain this label (default: "
+                                               "the predicted one)")] = None,
+    steps: Annotated[int, typer.Option("--steps", min=2, max=512, metavar="N",
+                                       help="integrated gradients: points on the path")] = 32,
+    attention: Annotated[bool, typer.Option("--attention", help="also the attention weights of every layer and head "
+                                            "(in --json; a heatmap with --attention-png)")] = False,
+    attention_png: Annotated[Path | None, typer.Option("--attention-png", metavar="FILE",
+                                                       help="write the attention heatmap of --layer here")] = None,
+    layer: Annotated[int | None, typer.Option("--layer", metavar="N", help="layer of the heatmap (default: "
+                                              "the last)")] = None,
+    html_file: Annotated[Path | None, typer.Option("--html", metavar="FILE", help="write the shaded text as a "
+                                                   "standalone HTML page")] = None,
+    faithfulness: Annotated[bool, typer.Option("--faithfulness", help="instead of one text: the deletion test on "
+                                               "--data (top-k attributed words vs k random words removed)")] = False,
+    data: Annotated[str | None, typer.Option("--data", metavar="DATA", help="with --faithfulness: texts, e.g. "
+                                             "movie-reviews:test")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, metavar="N", help="with --faithfulness: the first N "
+                                              "texts")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace existing output files")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Why a classifier decided: a score per word (colored in the terminal, --json, --html), the attention weights,
+    or the deletion test of the attributions' faithfulness."""
+    from lmforge.errors import DataError
+    from lmforge.inference.explain import METHODS, deletion_curves, html_report
+    from lmforge.inference.explain import attention_png as write_png
+
+    if method not in METHODS:
+        raise LmforgeError(f"unknown method '{method}'", where="--method", fix=f"use one of {', '.join(METHODS)}")
+    for path in (attention_png, html_file):
+        if path is not None and path.exists() and not overwrite:
+            raise DataError(f"'{path}' exists", fix="pass --overwrite to replace it, or choose another file")
+    if faithfulness:
+        if text is not None or data is None:
+            raise LmforgeError("--faithfulness scores texts from --data, not one TEXT",
+                               fix="lmforge explain RUN --faithfulness --data movie-reviews:test --limit 200")
+        from lmforge.data.labeled import load_text_label
+
+        texts = load_text_label(data, "text", None).texts[: limit or None]
+        result = deletion_curves(_explainer(run), texts, method, steps=steps)
+        result["data"] = data
+        if as_json:
+            _echo_json(result)
+            return
+        typer.echo(f"deletion test, {method}, {result['texts']} texts of {data}: mean drop of the predicted class's "
+                   "probability")
+        typer.echo("  k:          " + "  ".join(f"{k:6d}" for k in result["k"]))
+        typer.echo("  top-k:      " + "  ".join(f"{d:6.3f}" for d in result["top_drop"]) + f"   area {result['top_area']:.3f}")
+        typer.echo("  random k:   " + "  ".join(f"{d:6.3f}" for d in result["random_drop"]) + f"   area {result['random_area']:.3f}")
+        return
+    if text is None:
+        raise LmforgeError("give a TEXT to explain (or --faithfulness --data D)", fix=f'lmforge explain {run} "a text"')
+    result = _explainer(run).explain(text, method=method, target=target, steps=steps,
+                                     attention=attention or attention_png is not None)
+    if attention_png is not None:
+        write_png(result, attention_png, layer)
+        typer.echo(f"attention heatmap written to {attention_png}", err=True)
+    if html_file is not None:
+        html_file.write_text(html_report(result, text), encoding="utf-8")
+        typer.echo(f"explanation written to {html_file}", err=True)
+    if as_json:
+        _echo_json(result if attention else {k: v for k, v in result.items() if k != "attention"})
+        return
+    from rich.console import Console
+    from rich.text import Text
+
+    top = max((abs(w["score"]) for w in result["words"]), default=0.0) or 1.0
+    shaded, cursor = Text(), 0
+    for w in result["words"]:
+        shaded.append(text[cursor : w["start"]])
+        level = int(40 + 160 * min(1.0, abs(w["score"]) / top))
+        color = f"rgb(0,{level},60)" if w["score"] >= 0 else f"rgb({level},0,30)"
+        shaded.append(text[w["start"] : w["end"]], style=f"bold white on {color}")
+        cursor = w["end"]
+    shaded.append(text[cursor:])
+    console = Console()
+    probs = ", ".join(f"{k} {v:.3f}" for k, v in result["probabilities"].items())
+    console.print(f"{result['label']} ({probs}); word scores toward {result['target']} by {method} "
+                  "(green: for, red: against)", markup=False)
+    console.print(shaded)
+    ranked = sorted(result["words"], key=lambda w: -w["score"])[:5]
+    console.print("top: " + ", ".join(f"{w['word']} {w['score']:+.3f}" for w in ranked), markup=False)
+
+
 def _inputs(command: str, texts: list[str] | None, input_: str | None, text_field: str, output: Path | None,
             overwrite: bool) -> list[str]:
     """The texts a command is given as arguments or in --input; --output checked before any work."""
