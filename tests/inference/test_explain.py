@@ -116,3 +116,27 @@ def test_the_explain_command(cli, keyed_run, tmp_path):
                             "--json").out)
     assert curves["texts"] == 8 and curves["top_area"] > curves["random_area"]
     assert cli("explain", run).code == 2
+
+
+def test_served_explanations(keyed_run):
+    from fastapi.testclient import TestClient
+
+    from lmforge.serve.app import create_app
+    from lmforge.serve.settings import ServeSettings
+
+    run, texts = keyed_run
+    app = create_app([f"keyed={run}"], ServeSettings(max_input_chars=500), load_in_background=False)
+    with TestClient(app) as client:
+        answer = client.post("/v1/explain", json={"text": texts[0], "method": "occlusion", "attention": True})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["label"] == "key" and max(body["words"], key=lambda w: w["score"])["word"] == KEY
+        assert (body["attention"]["layers"], body["attention"]["heads"]) == (2, 2)
+        plain = client.post("/v1/explain", json={"text": texts[0], "steps": 8}).json()
+        assert plain["method"] == "integrated-gradients" and "attention" not in plain
+        assert client.get("/v1/models/keyed").json()["routes"] == ["classify", "explain"]
+        for bad in ({"text": ""}, {"text": "   "}, {"text": "x" * 501}, {"text": "x", "method": "lime"},
+                    {"text": "x", "steps": 1}, {"text": "x", "extra": 1}):
+            assert client.post("/v1/explain", json=bad).status_code == 422, bad
+        wrong = client.post("/v1/explain", json={"text": texts[0], "target": "nope"})
+        assert wrong.status_code == 422 and "plain" in wrong.json()["detail"]

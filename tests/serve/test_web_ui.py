@@ -81,6 +81,22 @@ def test_type_submit_and_see_the_apis_label(browser, server):
     assert bars.count() == 2
     assert page.locator("#history li").count() == 2  # recent predictions stay on the page
     page.screenshot(path=str(ARTIFACTS / "web-ui.png"), full_page=True)
+    # why? the words highlighted by their attribution, as the API gives them, and an attention map
+    first = page.locator(".result").first
+    first.locator(".why-method").select_option("occlusion")
+    first.locator(".why-button").click()
+    page.wait_for_selector(".result .why mark.attr")
+    marked = first.locator("mark.attr").all_inner_texts()
+    api = httpx.post(server.url + "/v1/explain", json={"text": texts[0], "method": "occlusion"}).json()
+    assert marked == [w["word"] for w in api["words"]]
+    scores = [float(s) for s in first.locator("mark.attr").evaluate_all("els => els.map(e => e.dataset.score)")]
+    assert scores == pytest.approx([w["score"] for w in api["words"]], abs=1e-6)
+    cells = first.locator(".attention-map rect").count()
+    tokens = len(httpx.post(server.url + "/v1/explain", json={"text": texts[0], "method": "occlusion",
+                                                              "attention": True}).json()["attention"]["tokens"])
+    assert cells == tokens * tokens
+    first.locator(".att-head").select_option("1")  # another head redraws the map
+    page.screenshot(path=str(ARTIFACTS / "web-ui-explain.png"), full_page=True)
 
 
 def test_keyboard_only_and_phone_width(browser, server):

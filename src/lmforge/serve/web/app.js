@@ -231,9 +231,71 @@ function renderResults(inputs, results) {
         <span>${esc(label)}</span>
         <div class="bar ${label === r.label ? "top" : ""}" role="progressbar" aria-label="${esc(label)}"
              aria-valuemin="0" aria-valuemax="100" aria-valuenow="${Math.round(100 * p)}"><span style="width:${(100 * p).toFixed(1)}%"></span></div>
-        <span class="pct">${(100 * p).toFixed(1)}%</span>`).join("")}</div>`;
+        <span class="pct">${(100 * p).toFixed(1)}%</span>`).join("")}</div>
+      <div class="row"><button type="button" class="ghost small why-button">Why?</button>
+        <select class="why-method" aria-label="attribution method"><option value="integrated-gradients">integrated gradients</option><option value="occlusion">occlusion</option></select></div>
+      <div class="why" hidden></div>`;
+    item.querySelector(".why-button").addEventListener("click", () =>
+      whyPrediction(item, inputs[i], item.querySelector(".why-method").value));
     box.appendChild(item);
   });
+}
+
+// ------------------------------------------------------------------ explanations: word scores and attention
+async function whyPrediction(item, text, method) {
+  const box = item.querySelector(".why");
+  box.hidden = false;
+  box.innerHTML = '<p class="muted">Explaining…</p>';
+  try {
+    const response = await api("/v1/explain", {
+      method: "POST", body: JSON.stringify({ model: $("#model").value || null, text, method, attention: true }),
+    });
+    renderWhy(box, text, await response.json());
+  } catch (err) {
+    box.innerHTML = `<p class="error">${esc(explain(err))}</p>`;
+  }
+}
+
+function renderWhy(box, text, result) {
+  const top = Math.max(...result.words.map((w) => Math.abs(w.score)), 1e-12);
+  let html = "", cursor = 0;
+  for (const w of result.words) {
+    const alpha = Math.min(1, Math.abs(w.score) / top).toFixed(2);
+    const rgb = w.score >= 0 ? "21,127,59" : "180,35,24";
+    html += esc(text.slice(cursor, w.start)) +
+      `<mark class="attr" style="background:rgba(${rgb},${alpha})" title="${w.score.toFixed(4)}" data-score="${w.score}">${esc(text.slice(w.start, w.end))}</mark>`;
+    cursor = w.end;
+  }
+  html += esc(text.slice(cursor));
+  const a = result.attention;
+  const options = (n, label) => Array.from({ length: n }, (_, i) => `<option value="${i}">${label} ${i}</option>`).join("");
+  box.innerHTML = `<p class="muted">Words pushing toward <b>${esc(result.target)}</b> are green, against it red (${esc(result.method)}).</p>
+    <p class="attributed">${html}</p>
+    ${a ? `<div class="row wrap"><span class="muted">Attention</span>
+      <select class="att-layer" aria-label="layer">${options(a.layers, "layer")}</select>
+      <select class="att-head" aria-label="head">${options(a.heads, "head")}</select></div>
+      <div class="attention-map"></div>` : ""}`;
+  if (!a) return;
+  const layer = box.querySelector(".att-layer"), head = box.querySelector(".att-head");
+  layer.value = String(a.layers - 1);
+  const draw = () => drawAttention(box.querySelector(".attention-map"), a.tokens, a.weights[layer.value][head.value]);
+  layer.addEventListener("change", draw);
+  head.addEventListener("change", draw);
+  draw();
+}
+
+function drawAttention(holder, tokens, matrix) {
+  // an SVG heatmap: row i is token i's attention over the tokens (each row sums to 1)
+  const cell = 14, pad = 90, n = tokens.length, size = pad + n * cell;
+  const top = Math.max(...matrix.flat(), 1e-9);  // shaded against the largest weight: a flat head still shows
+  let cells = "";
+  matrix.forEach((row, i) => row.forEach((w, j) => {
+    cells += `<rect x="${pad + j * cell}" y="${pad + i * cell}" width="${cell}" height="${cell}" fill="rgba(43,89,195,${(w / top).toFixed(3)})"><title>${esc(tokens[i])} → ${esc(tokens[j])}: ${w.toFixed(3)}</title></rect>`;
+  }));
+  const labels = tokens.map((t, i) =>
+    `<text x="${pad - 4}" y="${pad + i * cell + cell - 3}" text-anchor="end">${esc(t)}</text>` +
+    `<text transform="translate(${pad + i * cell + cell - 3},${pad - 4}) rotate(-90)">${esc(t)}</text>`).join("");
+  holder.innerHTML = `<svg class="heatmap" width="${size}" height="${size}" viewBox="0 0 ${size} ${size}" role="img" aria-label="attention weights">${cells}${labels}</svg>`;
 }
 
 function renderHistory() {
