@@ -48,6 +48,8 @@ kb_app = typer.Typer(help="Knowledge bases: build from documents, search, ask wi
 app.add_typer(kb_app, name="kb")
 models_app = typer.Typer(help="The models lmforge can start from.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(models_app, name="models")
+probe_app = typer.Typer(help="Behavioural tests of a classifier.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(probe_app, name="probe")
 
 log = logging.getLogger("lmforge")
 _state: dict[str, Any] = {"progress": True, "started": None}  # started: when main() began (budgets count from it)
@@ -592,6 +594,70 @@ def _answer(run: Path, question: str | None, context: str | None, has_texts: boo
         raise DataError(f"'{output}' exists", fix="pass --overwrite to replace it, or choose another --output")
     answer = load(run).predict([(question, context)])[0]
     _write_results([{"question": question, **answer}], output)
+
+
+@probe_app.command("bias")
+def probe_bias(
+    run: Annotated[Path, typer.Argument(help="a classify run", metavar="RUN")],
+    templates: Annotated[Path | None, typer.Option("--templates", metavar="FILE", help="JSON with more group sets "
+                                                   "and templates: {\"sets\": {name: {group: [terms]}}, "
+                                                   "\"templates\": {name: [\"... {X} ...\"]}}")] = None,
+    data: Annotated[str | None, typer.Option("--data", metavar="DATA", help="real inputs to swap identity terms in "
+                                             "and to test invariance on, e.g. movie-reviews:test")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Counterfactual tests (swap identity terms between groups: gender, names, nationality, religion, age), invariance
+    (typos, names, numbers) and negation; writes RUN/bias.json and RUN/bias.png, shown on the model card."""
+    from lmforge.inference.pipelines import ClassificationPipeline
+    from lmforge.inference.probe import bias_png, probe
+    from lmforge.rundir import write_json
+    from lmforge.stages import load
+
+    pipeline = load(run)
+    if not isinstance(pipeline, ClassificationPipeline):
+        raise LmforgeError(f"'{run}' is a {pipeline.task} model; the bias probe tests classifiers",
+                           fix="give a run of `lmforge finetune classify`")
+    texts = None
+    if data:
+        from lmforge.data.labeled import load_text_label
+
+        texts = load_text_label(data, "text", None).texts
+    result = {"run": str(run), "data": data, **probe(pipeline, templates=templates, texts=texts)}
+    written = []
+    if (run / "lmforge.yaml").exists():
+        write_json(run / "bias.json", result)
+        written = [run / "bias.json", bias_png(result, run / "bias.png")]
+    if as_json:
+        _echo_json(result)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=140)
+    table = Table(title=f"{run}: templates, the label's probability by group (change from the median over all groups; 95% CI)")
+    for column in ("set", "group", "mean change", "95% CI", "flip rate", "flagged"):
+        table.add_column(column, justify="left" if column in ("set", "group") else "right")
+    for name, groups in result["templates"].items():
+        for group, r in groups.items():
+            table.add_row(name, group, f"{r['mean_change']:+.4f}", f"[{r['change_ci'][0]:+.4f}, {r['change_ci'][1]:+.4f}]",
+                          f"{r['flip_rate']:.3f}", "yes" if r["flagged"] else "")
+    console.print(table)
+    for name, found in (result.get("inputs") or {}).items():
+        worst = max(found["groups"].items(), key=lambda kv: abs(kv[1]["mean_change"]))
+        console.print(f"inputs, {name}: {found['texts']} texts; largest change {worst[0]} "
+                      f"{worst[1]['mean_change']:+.4f}, flip rates "
+                      + ", ".join(f"{g} {r['flip_rate']:.3f}" for g, r in found["groups"].items()), markup=False)
+    for test, r in (result.get("invariance") or {}).items():
+        if r.get("n"):
+            console.print(f"invariance, {test}: {r['n']} texts, flip rate {r['flip_rate']:.3f}, mean |change| "
+                          f"{r['mean_abs_change']:.4f}", markup=False)
+    if result.get("negation"):
+        r = result["negation"]
+        console.print(f"negation: {r['n']} positive statements negated; positive probability did not fall for "
+                      f"{r['failure_rate']:.0%}, label flipped to negative for {r['flipped_to_negative']:.0%}",
+                      markup=False)
+    for path in written:
+        console.print(f"written: {path}", markup=False)
 
 
 def _explainer(run: Path):

@@ -139,6 +139,8 @@ class ModelDetail(ModelCard):
     eval_curve: list[list[float]] = Field(default_factory=list, description="[step, dev metric] points")
     eval_metric: str | None = None
     config: dict[str, Any] | None = None
+    bias: dict[str, Any] | None = Field(None, description="the last bias probe (lmforge probe bias): per set and "
+                                        "group, the mean change of the label's probability and the flip rate")
 
 
 # what every route's errors mean; each route family answers them in its own body shape

@@ -66,4 +66,20 @@ def model_detail(name: str, registry: Registry) -> dict:
     info = run.info() if run.config_path.exists() else {}
     return {**_card(served), "curve": train[::stride], "eval_metric": metric,
             "eval_curve": [[r["step"], r["eval"][metric]] for r in evals] if metric else [],
-            "config": {k: info.get(k) for k in ("stage", "task", "created", "labels") if k in info} or None}
+            "config": {k: info.get(k) for k in ("stage", "task", "created", "labels") if k in info} or None,
+            "bias": _bias(served.path)}
+
+
+def _bias(path) -> dict | None:
+    """The last bias probe's template results, group by group (mean change, 95% interval, flip rate)."""
+    import json
+    from pathlib import Path
+
+    found = Path(path) / "bias.json"
+    try:
+        result = json.loads(found.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    keep = ("mean_change", "change_ci", "flip_rate", "flagged")
+    return {name: {group: {k: r[k] for k in keep if k in r} for group, r in groups.items()}
+            for name, groups in (result.get("templates") or {}).items()} or None

@@ -183,6 +183,12 @@ async function showCard(name) {
   if (card.curve && card.curve.length > 1) {
     parts.push(`<h2>Training curve</h2>${curveSvg(card.curve, card.eval_curve, card.eval_metric)}`);
   }
+  if (card.bias) {
+    // lmforge probe bias: how the label's probability moves when only the group a text mentions changes
+    const rows = Object.entries(card.bias).flatMap(([set, groups]) => Object.entries(groups).map(([g, r]) =>
+      `<tr${r.flagged ? ' class="flagged" title="a consistent difference: its 95% interval excludes no change"' : ""}><td>${esc(set)}</td><td>${esc(g)}${r.flagged ? " ⚑" : ""}</td><td class="num">${r.mean_change >= 0 ? "+" : ""}${fmt(r.mean_change, 4)}</td><td class="num">${fmt(r.flip_rate, 3)}</td></tr>`));
+    parts.push(`<h2>Bias probe</h2><div class="bias-table"><table class="bias"><thead><tr><th>set</th><th>group</th><th>mean change</th><th>flip rate</th></tr></thead><tbody>${rows.join("")}</tbody></table></div>`);
+  }
   body.innerHTML = parts.join("");
 }
 
