@@ -92,6 +92,24 @@ def tiny_bert_dir(wordpiece_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_bert_real_vocab(tmp_path_factory):
+    """A random tiny BERT with minilm's tokenizer: a fixed vocabulary (a tokenizer trained in the session can differ
+    from run to run, and with it what a tiny model learns in a few steps), where the key word is one token."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForPreTraining
+
+    from lmforge.models import resolve_model_path
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    torch.manual_seed(0)
+    model = BertForPreTraining(BertConfig(vocab_size=len(tok), max_position_embeddings=128, **TINY_BERT))
+    out = tmp_path_factory.mktemp("models") / "tiny-bert-minilm-vocab"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
 @dataclass
 class CliResult:
     code: int

@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "lmforge"
 LAYERS = [
     ("cli", "__main__"),
     ("serve",),
-    ("quickstart", "stages", "catalog"),
+    ("quickstart", "stages", "catalog", "curves"),
     ("tasks",),
     ("kb",),
     ("inference",),

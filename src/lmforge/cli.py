@@ -660,12 +660,71 @@ def probe_bias(
         console.print(f"written: {path}", markup=False)
 
 
+@app.command("learning-curve")
+def learning_curve_command(
+    data: Annotated[str, typer.Option("--data", metavar="DATA", help="a bundled classification dataset with dev and "
+                                      "test splits (movie-reviews, wordnet-topics, spam)")],
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="folder for curve.json, curve.png and the runs")],
+    model: Annotated[str, typer.Option("--model", metavar="MODEL", help="the encoder to fine-tune")] = "minilm",
+    fractions: Annotated[str, typer.Option("--fractions", metavar="F,F,...", help="shares of the training split "
+                                           "(nested subsets)")] = "0.01,0.03,0.1,0.3,1",
+    seeds: Annotated[int, typer.Option("--seeds", min=1, max=20, metavar="N", help="subsets and runs per fraction")] = 1,
+    compare: Annotated[list[str] | None, typer.Option("--compare", metavar="INIT", help="also train from: "
+                                                      "random-init (the same architecture, random weights)")] = None,
+    epochs: Annotated[float, typer.Option("--epochs", min=0.01, metavar="X", help="passes over each subset")] = 3.0,
+    min_steps: Annotated[int, typer.Option("--min-steps", min=1, metavar="N", help="but never fewer optimizer "
+                                           "steps than this")] = 100,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, metavar="N")] = 32,
+    max_length: Annotated[int, typer.Option("--max-length", min=8, metavar="N")] = 128,
+    sets: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="training-loop settings, "
+                                                   "e.g. --set lr=3e-5 (keys of train.*)")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing curve in --out")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print curve.json")] = False,
+) -> None:
+    """Accuracy and macro-F1 vs the number of labels: fine-tune on nested subsets of the training split (same
+    budget rule for each), score on the test split; with --compare random-init, the same from random weights."""
+    from lmforge.curves import learning_curve, parse_fractions
+
+    extra = {}
+    for item in sets or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise LmforgeError(f"'{item}' is not KEY=VALUE", where="--set", fix="e.g. --set lr=3e-5")
+        extra[key.removeprefix("train.")] = yaml_value(value)
+    result = learning_curve(model=model, data=data, out=out, fractions=parse_fractions(fractions), seeds=seeds,
+                            compare=compare, epochs=epochs, min_steps=min_steps, batch_size=batch_size,
+                            max_length=max_length, overwrite=overwrite, show_progress=_state["progress"], extra=extra)
+    if as_json:
+        _echo_json(result)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{model} on {data}: test accuracy and macro-F1 by labeled examples (mean ± sd over seeds)")
+    for column in ("init", "fraction", "labels", "accuracy", "macro-F1"):
+        table.add_column(column, justify="left" if column == "init" else "right")
+    for r in result["table"]:
+        table.add_row(r["init"], f"{r['fraction']:g}", f"{r['labels']:,}", f"{r['accuracy']:.3f} ± {r['accuracy_std']:.3f}",
+                      f"{r['macro_f1']:.3f} ± {r['macro_f1_std']:.3f}")
+    Console(width=120).print(table)
+    typer.echo(f"written: {out / 'curve.json'}, {out / 'curve.png'}")
+
+
+def yaml_value(text: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
 def _explainer(run: Path):
     from lmforge.inference.explain import Explainer
     from lmforge.stages import resolve_task
 
     task, model_dir, info = resolve_task(run)
-    if task.name != "classify":
+    if "explain" not in task.routes:  # the tasks whose models can be explained say so (classification)
         raise LmforgeError(f"'{run}' is a {task.name} model; explanations are for classifiers",
                            fix="give a run of `lmforge finetune classify`")
     return Explainer(model_dir, info)

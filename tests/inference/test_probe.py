@@ -40,8 +40,8 @@ def _train(tiny_bert_dir, folder, biased: bool):
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_bert_dir, tmp_path_factory):
-    return {kind: _train(tiny_bert_dir, tmp_path_factory.mktemp(kind), kind == "biased")
+def runs(tiny_bert_real_vocab, tmp_path_factory):
+    return {kind: _train(tiny_bert_real_vocab, tmp_path_factory.mktemp(kind), kind == "biased")
             for kind in ("biased", "fair")}
 
 

@@ -1,0 +1,54 @@
+"""`lmforge learning-curve`: nested, deterministic subsets; a small real curve with a random-init comparison; the
+files it writes and its errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+
+def test_subsets_are_nested_stratified_and_deterministic():
+    from lmforge.curves import nested_subsets
+
+    labels = ["a"] * 90 + ["b"] * 10
+    first = nested_subsets(labels, [0.01, 0.1, 0.5, 1.0], seed=3)
+    assert first == nested_subsets(labels, [1.0, 0.5, 0.1, 0.01], seed=3)  # the order asked in does not matter
+    assert first != nested_subsets(labels, [0.01, 0.1, 0.5, 1.0], seed=4)
+    sizes = [len(first[f]) for f in (0.01, 0.1, 0.5, 1.0)]
+    assert sizes == [1 + 1, 9 + 1, 45 + 5, 100]  # ceil per class, at least one of each
+    for small, large in ((0.01, 0.1), (0.1, 0.5), (0.5, 1.0)):
+        assert set(first[small]) <= set(first[large])
+    for f, rows in first.items():
+        assert sum(labels[i] == "b" for i in rows) == max(1, math.ceil(f * 10))
+
+
+def test_a_small_curve_against_random_init(cli, tiny_bert_dir, tmp_path):
+    out = tmp_path / "curve"
+    result = cli("learning-curve", "--model", tiny_bert_dir, "--data", "wordnet-topics", "--out", out,
+                 "--fractions", "0.002,0.004", "--compare", "random-init", "--min-steps", "3", "--epochs", "0.1",
+                 "--max-length", "32", "--set", "threads=1", "--json")
+    assert result.code == 0, result.text
+    curve = json.loads(result.out)
+    assert [(r["init"], r["fraction"]) for r in curve["table"]] == [
+        ("pretrained", 0.002), ("pretrained", 0.004), ("random-init", 0.002), ("random-init", 0.004)]
+    assert curve["table"][0]["labels"] < curve["table"][1]["labels"]
+    assert {p["steps"] for p in curve["points"]} == {3}
+    saved = json.loads((out / "curve.json").read_text())
+    assert saved["table"] == curve["table"] and (out / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "runs" / "random-init-seed0-0.002" / "eval.json").exists()
+    again = cli("learning-curve", "--data", "wordnet-topics", "--out", out)
+    assert again.code == 2 and "--overwrite" in again.err
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--fractions", "0,0.5"], "(0, 1]"), (["--fractions", "a,b"], "not a list of numbers"),
+    (["--compare", "scratch"], "unknown comparison"), (["--data", "movie-reviews:test"], "names a split"),
+    (["--data", "corpus"], "no test split")])
+def test_bad_settings_exit_2(cli, tmp_path, args, fragment):
+    base = {"--data": "movie-reviews", "--out": str(tmp_path / "c")}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value
+    result = cli("learning-curve", *[x for kv in base.items() for x in kv])
+    assert result.code == 2 and fragment in result.err
