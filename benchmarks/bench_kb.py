@@ -46,6 +46,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--kb", type=Path, default=OUT / "kb-python-docs")
     parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--ask", type=int, default=0, metavar="N",
+                        help="also time `kb ask` with the smollm2 reader on the first N FAQ questions")
     args = parser.parse_args()
 
     from rank_bm25 import BM25Okapi
@@ -102,12 +104,40 @@ def main() -> None:
         print(f"   {name:20s} {r['recall@5']:9.3f} {r['queries_per_s']:10.1f}")
     print(f"   ratio lmforge/rank_bm25 queries/s: {results['lmforge bm25']['queries_per_s'] / results['rank_bm25']['queries_per_s']:.1f}x"
           f"; lmforge dense/numpy: {results['lmforge dense']['queries_per_s'] / results['numpy cosine']['queries_per_s']:.2f}x")
+    asked = time_ask(args.kb, queries[: args.ask]) if args.ask else None
+    if asked:
+        print(f"   kb ask, smollm2 reader, 4 passages, {asked['questions']} questions: time to first token p50 "
+              f"{asked['ttft_p50_s']:.2f} s, p99 {asked['ttft_p99_s']:.2f} s; whole answer p50 {asked['total_p50_s']:.1f} s; "
+              f"answers citing a passage: {asked['citing']}")
     OUT.mkdir(exist_ok=True)
     (OUT / "kb.json").write_text(json.dumps({"benchmark": "kb", "hardware": hardware(), "passages": passages,
                                              "queries": len(queries), "kb_size_mb": size_mb, "build": build,
-                                             "results": results,
+                                             "results": results, "ask": asked,
                                              "command": "python benchmarks/bench_kb.py " + " ".join(sys.argv[1:])},
                                             indent=2))
+
+
+def time_ask(kb_dir: Path, questions: list[str]) -> dict:
+    """Time to the first streamed piece of the answer, and to its end, with the embedded smollm2 as the reader."""
+    from lmforge.kb import KnowledgeBase
+    from lmforge.kb.ask import ask
+    from lmforge.stages import load
+
+    kb, reader = KnowledgeBase.open(kb_dir), load("smollm2")
+    first, total, citing, examples = [], [], 0, []
+    for question in questions:
+        start, seen = time.perf_counter(), None
+        for event in ask(kb, question, reader, k=4, max_new_tokens=128):
+            if event["type"] == "delta" and seen is None:
+                seen = time.perf_counter() - start
+            if event["type"] == "done":
+                citing += bool(event["citations"])
+                examples.append({"question": question, "answer": event["answer"][:300]})
+        first.append(seen)
+        total.append(time.perf_counter() - start)
+    return {"questions": len(questions), "ttft_p50_s": float(np.percentile(first, 50)),
+            "ttft_p99_s": float(np.percentile(first, 99)), "total_p50_s": float(np.percentile(total, 50)),
+            "citing": citing, "examples": examples[:3]}
 
 
 if __name__ == "__main__":

@@ -170,3 +170,10 @@ def test_a_bundled_datasets_recipe_applies_unless_the_user_chose_a_strategy(monk
     assert chosen.long_inputs.strategy == "head-tail" and chosen.long_inputs.pool == "max"
     assert with_dataset_recipe(build(long_inputs={"strategy": "truncate"})).long_inputs.strategy == "truncate"
     assert with_dataset_recipe(build(data="movie-reviews")).long_inputs.strategy == "truncate"
+    # epochs chosen with the strategy come with it, unless the user said how long to train
+    spam = dataclasses.replace(spam, recipe={"long_inputs": {"strategy": "windows"}, "epochs": 1, "why": "x"})
+    monkeypatch.setitem(registry.BUNDLED, "spam", spam)
+    assert with_dataset_recipe(build()).train.epochs == 1.0
+    assert with_dataset_recipe(build(train={"epochs": 2})).train.epochs == 2
+    assert with_dataset_recipe(build(train={"max_steps": 5})).train.epochs == 3
+    assert with_dataset_recipe(build(long_inputs={"strategy": "truncate"})).train.epochs == 3

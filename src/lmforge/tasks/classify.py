@@ -128,17 +128,25 @@ def stratified_split(data: TextLabelData, fraction: float, seed: int) -> tuple[T
 
 
 def with_dataset_recipe(config: FinetuneClassifyConfig) -> FinetuneClassifyConfig:
-    """A bundled dataset may recommend how its long texts are read (chosen on its dev split, in its dataset.json);
-    the recommendation applies unless the user chose a strategy."""
+    """A bundled dataset may recommend how its long texts are read, and for how many epochs (chosen on its dev split,
+    in its dataset.json); the recommendation applies unless the user chose a strategy (the epochs, unless the user
+    set --epochs or --max-steps)."""
     from lmforge.data.registry import lookup, split_spec
 
     dataset = lookup(split_spec(config.data)[0])
     recommended = (dataset.recipe if dataset else {}).get("long_inputs")
     if not recommended or "long_inputs" in config.model_fields_set and "strategy" in config.long_inputs.model_fields_set:
         return config
-    log.info("%s: reading long texts with %s (%s; --long-inputs truncate to change)", dataset.name,
-             ", ".join(f"{k}={v}" for k, v in recommended.items()), dataset.recipe.get("why", "its recipe"))
-    return config.model_copy(update={"long_inputs": config.long_inputs.model_copy(update=recommended)})
+    update = {"long_inputs": config.long_inputs.model_copy(update=recommended)}
+    epochs = dataset.recipe.get("epochs")  # chosen with the strategy: it applies with it, unless the user set a length
+    chosen_length = config.train.model_fields_set & {"epochs", "max_steps"}
+    if epochs is not None and not chosen_length:
+        update["train"] = config.train.model_copy(update={"epochs": float(epochs)})
+    log.info("%s: reading long texts with %s%s (%s; --long-inputs truncate to change)", dataset.name,
+             ", ".join(f"{k}={v}" for k, v in recommended.items()),
+             f", {epochs:g} epoch{'s' if epochs != 1 else ''}" if "train" in update else "",
+             dataset.recipe.get("why", "its recipe"))
+    return config.model_copy(update=update)
 
 
 def prepare_data(config: FinetuneClassifyConfig) -> tuple[TextLabelData, TextLabelData, list[str]]:
