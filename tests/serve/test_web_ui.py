@@ -70,6 +70,9 @@ def test_type_submit_and_see_the_apis_label(browser, server):
     assert page.locator("#model").input_value() == "sentiment"
     page.wait_for_selector("#card-body .metric")  # model card: eval metrics
     assert page.locator("#card-body svg.curve").count() == 1  # and the training curve
+    card = httpx.get(server.url + "/v1/models").json()["data"][0]
+    row = page.locator("#served tbody tr").first.locator("td").all_inner_texts()
+    assert row == [card["id"], card["task"], card["family"], f"{card['parameters'] / 1e6:.1f}M", f"{card['size_mb']:.1f} MB"]
     texts = ["A gorgeous, moving film.", "A dull, lifeless mess."]
     page.fill("#text", "\n".join(texts))
     page.click("#submit")

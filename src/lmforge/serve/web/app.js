@@ -116,6 +116,7 @@ async function loadModels() {
     showError($("#form-error"), explain(err));
     return;
   }
+  renderServed();
   const classifiers = state.models.filter(answers("classify"));
   const generators = state.models.filter(answers("openai"));
   const chatters = generators.filter((m) => m.chat);
@@ -136,6 +137,17 @@ async function loadModels() {
   const current = document.querySelector('[role="tab"][aria-selected="true"]');
   if (!current || current.hidden) selectTab(document.querySelector('[role="tab"]:not([hidden])'));
   if (hasClassify) await showCard($("#model").value);
+}
+
+function renderServed() {
+  // every served model with what `lmforge models list` shows for it
+  const millions = (n) => (n ? `${(n / 1e6).toFixed(1)}M` : "–");
+  $("#served tbody").replaceChildren(...state.models.map((m) => {
+    const tr = document.createElement("tr");
+    tr.innerHTML = `<td>${esc(m.id)}</td><td>${esc(m.task)}</td><td>${esc(m.family || "–")}</td>` +
+      `<td class="num">${millions(m.parameters)}</td><td class="num">${m.size_mb != null ? m.size_mb.toFixed(1) + " MB" : "–"}</td>`;
+    return tr;
+  }));
 }
 
 function fill(select, models, prefer = () => false) {
