@@ -243,14 +243,15 @@ def test_windows_label_the_answer_tokens_and_point_elsewhere_to_cls(tiny_bert_di
 
 
 def test_a_qa_run_answers_from_a_knowledge_base_with_the_passage_it_read(qa_run, tmp_path, cli):
-    """kb ask with an extractive reader: the span comes from the passage the answer cites."""
+    """kb ask with an extractive reader: the span comes from the passage the answer cites (one passage: the span
+    scores of a model that memorised four contexts do not compare across passages it never saw)."""
     from tests.conftest import write_jsonl
 
     run, _ = qa_run
     docs = write_jsonl(tmp_path / "docs.jsonl", [{"id": f"p{i}", "text": c} for i, (c, _) in enumerate(PARAGRAPHS)])
     assert cli("kb", "build", "--docs", docs, "--out", tmp_path / "kb").code == 0
     for question, context, answer in QUESTIONS[:3]:
-        result = cli("kb", "ask", tmp_path / "kb", question, "--reader", run, "--k", "2", "--json")
+        result = cli("kb", "ask", tmp_path / "kb", question, "--reader", run, "--k", "1", "--json")
         assert result.code == 0, result.text
         said = json.loads(result.out)
         assert said["found"] and said["answer"].startswith(answer)
