@@ -88,8 +88,10 @@ def learning_curve(*, model: str, data: str, out: Path, fractions: list[float], 
                     "model": model, "data": str(subset), "eval": f"{name}:dev" if "dev" in bundled.splits else None,
                     "out": str(run), "overwrite": True, "max_length": max_length,
                     "random_init": init == "random-init", "min_examples_per_class": 1,
+                    # four dev evaluations a run: on a few dozen labels an epoch is a few steps, and evaluating
+                    # at every epoch's end scored the whole dev split every third step
                     "train": {"max_steps": steps, "epochs": None, "batch_size": batch_size, "seed": seed,
-                              **(extra or {})}})
+                              "eval_every": max(1, steps // 4), **(extra or {})}})
                 finetune("classify", config, show_progress=show_progress)
                 scores = evaluate_run(run, f"{name}:test")
                 points.append({"init": init, "seed": seed, "fraction": fraction, "labels": len(rows),
