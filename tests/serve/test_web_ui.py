@@ -67,6 +67,7 @@ def test_type_submit_and_see_the_apis_label(browser, server):
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     page.goto(server.url)
     page.wait_for_selector("#status.pill-ok")
+    page.wait_for_selector("#model option", state="attached")  # the models load once the server is ready
     assert page.locator("#model").input_value() == "sentiment"
     page.wait_for_selector("#card-body .metric")  # model card: eval metrics
     assert page.locator("#card-body svg.curve").count() == 1  # and the training curve
