@@ -878,13 +878,21 @@ def _seq2seq_command(task: str, doing: str) -> Callable:
                 num_beams: int | None, max_new_tokens: int | None, sample: bool, temperature: float | None,
                 top_p: float | None, seed: int | None, overwrite: bool) -> None:
         from lmforge.inference.pipelines import Seq2SeqPipeline
-        from lmforge.stages import load
+        from lmforge.stages import load, resolve_task
+        from lmforge.tasks import registry
+        from lmforge.tasks.seq2seq import task_settings
 
         items = _inputs(task, texts, input_, text_field, output, overwrite)
-        pipeline = load(run)
-        if not isinstance(pipeline, Seq2SeqPipeline):
-            raise LmforgeError(f"'{run}' is a {pipeline.task} model, not a sequence-to-sequence one",
-                               fix=f"give a run of `lmforge finetune {task}`")
+        found, model_dir, info = resolve_task(run)
+        if found.pipeline == Seq2SeqPipeline.kind:
+            pipeline = load(run)
+        elif found.pipeline == "text-generation":  # a causal LM zero-shot: asked the task's own instruction
+            settings = task_settings(registry.get(task).config, info, task)
+            pipeline = Seq2SeqPipeline(model_dir, name=Path(run).name, info=info, instruction=settings.instruction)
+        else:
+            raise LmforgeError(f"'{run}' is a {found.name} model, which cannot {task}",
+                               fix=f"give a run of `lmforge finetune {task}`, a seq2seq model folder or a causal LM "
+                                   "(e.g. smollm2)")
         if seed is not None:
             import torch
 

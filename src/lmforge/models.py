@@ -285,6 +285,7 @@ def build_gpt(size: str, tokenizer: Any, seq_len: int, arch: dict | None = None)
 def build_t5(size: str, tokenizer: Any, arch: dict | None = None):
     """A fresh ``T5ForConditionalGeneration`` (T5 v1.1 style: gated-GELU feed-forward, untied head) shaped by a size
     preset (plus overrides), for this tokenizer; the pad token starts the decoder, as in T5."""
+    import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
     quiet_transformers()
@@ -300,7 +301,13 @@ def build_t5(size: str, tokenizer: Any, arch: dict | None = None):
         from lmforge.errors import ConfigError
 
         raise ConfigError(f"invalid model shape {shape}: {exc}", fix="check the arch.* overrides") from None
-    return T5ForConditionalGeneration(config)
+    model = T5ForConditionalGeneration(config)
+    # transformers starts an untied T5 head at std 1, so the first logits have std sqrt(d_model) and the loss starts
+    # near 60 instead of ln(vocab): T5 v1.1 spent thousands of Adafactor steps getting out of that, a CPU budget of a
+    # few hundred AdamW steps cannot. Scaled as a tied head would be, the logits start at std 1.
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0.0, config.d_model**-0.5)
+    return model
 
 
 def text2text_family(spec: str | Path) -> str:

@@ -120,3 +120,21 @@ def test_corpus_documents_are_blank_line_separated(tmp_path):
     path = tmp_path / "c.txt"
     path.write_text("one a\none b\n\n\ntwo a\n\nthree a\nthree b\nthree c\n")
     assert [len(d) for d in iter_documents([path])] == [2, 1, 3]
+
+
+def test_a_parallel_corpus_gives_both_languages_and_a_record_without_text_is_named(tmp_path):
+    """The bundled translation pairs read as a corpus (a tokenizer or a T5 for both languages) give each side as a
+    document; a user's records with no text field are refused with the file and line."""
+    import itertools
+
+    from lmforge.data.readers import corpus_files
+
+    with gzip.open(corpus_files(["translation:dev"])[0], "rt", encoding="utf-8") as f:
+        first = json.loads(f.readline())
+    assert list(itertools.islice(iter_documents(corpus_files(["translation:dev"])), 2)) == [[first["en"]],
+                                                                                           [first["es"]]]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"en": "one", "es": "uno"}\n')
+    with pytest.raises(DataError) as err:
+        list(iter_documents([pairs]))
+    assert f"{pairs}:1" in str(err.value) and "fields present: en, es" in str(err.value)

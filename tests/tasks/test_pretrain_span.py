@@ -48,7 +48,7 @@ def test_span_corruption_learns_and_saves_a_plain_t5(cli, tmp_path, tiny_corpus,
                  "--out", out, "--set", "eval_fraction=0", "--set", "train.log_every=10", "--set", "train.threads=1")
     assert result.code == 0, result.text
     curve = [loss for _, loss in losses(out)]
-    assert curve[-1] < 0.5 * curve[0], curve
+    assert curve[-1] < curve[0] - 2.0, curve  # perplexity down more than 7-fold
     model = T5ForConditionalGeneration.from_pretrained(out / "model").eval()
     tok = AutoTokenizer.from_pretrained(out / "model")
     assert "<extra_id_0>" in tok.get_vocab() and model.config.decoder_start_token_id == tok.pad_token_id

@@ -38,6 +38,10 @@ def test_translation_overfits_and_plain_transformers_translates_the_same(cli, ti
     scored = json.loads(cli("evaluate", out, "--data", data, "--json").out)
     assert scored["bleu"] == pytest.approx(100) and scored["baseline"]["bleu"] < 10
     assert scored["bleu_signature"].startswith("nrefs:1") and scored["examples"][0]["output"] == rows[0]["es"]
+    # each evaluation during training also translated the dev pairs: the run's metrics are its learning curve
+    curve = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
+    assert len(curve) >= 2 and curve[0]["eval"]["bleu"] < 50 and curve[-1]["eval"]["bleu"] == pytest.approx(100)
+    assert curve[-1]["elapsed_s"] > curve[0]["elapsed_s"] and curve[-1]["eval"]["chrf"] == pytest.approx(100)
 
 
 def test_the_direction_turns_around_with_source_and_target(cli, tiny_t5_dir, verses, tmp_path):
@@ -90,6 +94,10 @@ def test_a_causal_lm_learns_translation_as_an_exchange_and_transformers_answers_
     assert tok.decode(ids[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True).strip() == rows[0]["es"]
     scored = json.loads(cli("evaluate", out, "--data", data, "--json").out)
     assert scored["bleu"] == pytest.approx(100)
+    # the CLM run it started from translates zero-shot too, asked the task's instruction (it has not learned to)
+    zero_shot = cli("translate", gpt_run, rows[0]["en"], "--num-beams", "1", "--max-new-tokens", "3")
+    assert zero_shot.code == 0, zero_shot.text
+    assert json.loads(zero_shot.out)["output"] != rows[0]["es"]
 
 
 def test_bert2bert_warm_starts_from_an_encoder(cli, tiny_bert_dir, tmp_path):
@@ -170,6 +178,11 @@ def test_the_translate_and_summarize_commands(cli, tiny_t5_dir, verses, tmp_path
     again = cli("summarize", out, "--input", data, "--text-field", "en", "--output", written)
     assert again.code == 2 and "--overwrite" in again.err
     assert cli("translate", out).code == 2
+
+
+def test_a_model_that_cannot_translate_is_refused_by_the_command(cli, tiny_bert_dir):
+    result = cli("translate", tiny_bert_dir, "Jesus wept.")
+    assert result.code == 2 and "cannot translate" in result.err and "smollm2" in result.err
 
 
 def test_every_decoding_setting_reaches_generate():

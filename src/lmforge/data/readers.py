@@ -239,22 +239,27 @@ def iter_documents(files: list[Path]) -> Iterator[list[str]]:
     """Stream documents (lists of non-empty lines) from corpus files; a blank line ends a document.
 
     Record files (.jsonl/.csv/...) are read as one document per record, from the first of the fields ``text``,
-    ``code``, ``content`` they have (so the bundled ``code`` rows can join a tokenizer's training text).
+    ``code``, ``content`` they have (so the bundled ``code`` rows can join a tokenizer's training text); a bundled
+    dataset may name its own ``corpus_fields`` instead, each a document (both sides of the ``translation`` pairs).
     """
     problems = Problems()
     for path in files:
         _check_nonempty(path)
         if base_suffix(path) != ".txt":
+            owner = registry.owner(path)
+            named = owner.corpus_fields if owner is not None else ()
             for record in read_records(DataSource(str(path), [path])):
-                field = next((f for f in TEXT_FIELDS if isinstance(record.data.get(f), str)), None)
-                if field is None:
-                    problems.add(f"{record.where}: no text field ({', '.join(TEXT_FIELDS)}); "
+                fields = [f for f in named if isinstance(record.data.get(f), str)] or \
+                    [f for f in TEXT_FIELDS if isinstance(record.data.get(f), str)][:1]
+                if not fields:
+                    problems.add(f"{record.where}: no text field ({', '.join(named or TEXT_FIELDS)}); "
                                  f"fields present: {', '.join(record.data) or '(none)'}")
                     continue
-                lines = [line.rstrip() for line in record.data[field].splitlines()]
-                lines = [line for line in lines if line]  # rstripped: a blank or spaces-only line is now empty
-                if lines:
-                    yield lines
+                for field in fields:
+                    lines = [line.rstrip() for line in record.data[field].splitlines()]
+                    lines = [line for line in lines if line]  # rstripped: a blank or spaces-only line is now empty
+                    if lines:
+                        yield lines
             continue
         doc: list[str] = []
         for _, text in _decode_lines(path, problems):

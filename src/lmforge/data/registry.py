@@ -29,6 +29,9 @@ class BundledDataset:
     # config defaults for fine-tuning on this dataset, chosen by measurement on its dev split; the user's own settings
     # win (e.g. {"long_inputs": {"strategy": "windows"}}); "why" says what chose them
     recipe: dict = field(default_factory=dict)
+    # fields that are plain text when the dataset is read as a pretraining/tokenizer corpus, each its own document
+    # (a parallel corpus gives both languages); empty: the first of text/code/content
+    corpus_fields: tuple[str, ...] = ()
 
     @property
     def folder(self) -> Path:
@@ -45,6 +48,7 @@ def _discover() -> dict[str, BundledDataset]:
     for meta_path in sorted(BUNDLED_DIR.glob("*/dataset.json")):
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         meta["splits"] = {split: tuple(files) for split, files in meta["splits"].items()}
+        meta["corpus_fields"] = tuple(meta.get("corpus_fields", ()))
         found[meta["name"]] = BundledDataset(**meta)
     return found
 
@@ -67,6 +71,12 @@ def lookup(name: str) -> BundledDataset | None:
 def suggest(name: str) -> str | None:
     close = difflib.get_close_matches(name, list(BUNDLED), n=1, cutoff=0.6)
     return close[0] if close else None
+
+
+def owner(path: Path) -> BundledDataset | None:
+    """The bundled dataset a file belongs to, if any."""
+    dataset = BUNDLED.get(path.parent.name)
+    return dataset if dataset is not None and path.parent == dataset.folder else None
 
 
 def file_size(dataset: BundledDataset) -> int:

@@ -36,6 +36,7 @@ log = logging.getLogger("lmforge")
 # from scratch beside pretrained weights
 FAMILY_LR = {"encoder-decoder": 3e-4, "encoder": 1e-4}
 DEV_PAIRS = 512  # dev pairs scored at each evaluation (teacher-forced loss)
+DEV_GENERATED = 64  # of them, the first pairs also translated/summarized (greedy) for the task's metric
 
 
 class DecodingSettings(Strict):
@@ -78,6 +79,11 @@ class Seq2SeqConfig(FinetuneConfig):
     def task_instruction(self) -> str:
         """What a causal LM is asked when --instruction is not given (each task says)."""
         return "Rewrite this text."
+
+    def dev_metric(self, outputs: list[str], targets: list[str]) -> dict[str, float]:
+        """The task's headline metric of greedy outputs on dev pairs, logged at each evaluation during training
+        (so a run's metrics.jsonl is its own learning curve: metric vs training time)."""
+        return {}
 
     @model_validator(mode="after")
     def _instruction(self):
@@ -184,10 +190,16 @@ def _pairs_spec(config: Seq2SeqConfig, task: str, family: str, train: Pairs, dev
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     dev_batches = [collate(dev_ids[0][i : i + 32], dev_ids[1][i : i + 32], pad_id)
                    for i in range(0, min(len(dev), DEV_PAIRS), 32)]
+    shown = head(dev, DEV_GENERATED)
+
+    def evaluate(m) -> dict[str, float]:
+        outputs = greedy_outputs(m, tokenizer, dev_ids[0][:DEV_GENERATED], pad_id, config.max_target_length)
+        return {**score_seq2seq(m, dev_batches), **config.dev_metric(outputs, shown.targets)}
+
     return TaskSpec(
         name=f"finetune {task}", model=model,
         train_data=PairBatches(*train_ids, config.train.batch_size, config.train.seed, pad_id),
-        save_model=hf_saver(tokenizer), evaluate=lambda m: score_seq2seq(m, dev_batches), best_metric="loss",
+        save_model=hf_saver(tokenizer), evaluate=evaluate, best_metric="loss",
         greater_is_better=False, count_tokens=lambda b: int(b["attention_mask"].sum() + (b["labels"] != -100).sum()),
         eval_times=10, eval_size=min(len(dev), DEV_PAIRS),
     )
@@ -227,6 +239,23 @@ def _decoder_spec(config: Seq2SeqConfig, task: str, family: str, train: Pairs, d
         greater_is_better=False, count_tokens=lambda b: int(b["attention_mask"].sum()), eval_times=10,
         eval_size=len(dev_enc),
     )
+
+
+def greedy_outputs(model, tokenizer, sources: list[list[int]], pad_id: int, max_new_tokens: int) -> list[str]:
+    """An encoder-decoder's greedy outputs for tokenized sources (batches of 32, special tokens dropped)."""
+    import torch
+
+    from lmforge.data.batching import pad_batch
+
+    device = next(model.parameters()).device
+    outputs: list[str] = []
+    with torch.inference_mode():
+        for start in range(0, len(sources), 32):
+            ids, mask = pad_batch(sources[start : start + 32], pad_id)
+            generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), num_beams=1,
+                                       do_sample=False, max_new_tokens=max_new_tokens)
+            outputs.extend(t.strip() for t in tokenizer.batch_decode(generated, skip_special_tokens=True))
+    return outputs
 
 
 def head(pairs: Pairs, count: int) -> Pairs:

@@ -28,6 +28,11 @@ class FinetuneSummarizeConfig(Seq2SeqConfig):
     def task_instruction(self) -> str:
         return "Summarize this text in one short line."
 
+    def dev_metric(self, outputs: list[str], targets: list[str]) -> dict[str, float]:
+        from lmforge.evaluation.seq2seq import rouge
+
+        return {"rougeLsum": rouge(outputs, targets)["rougeLsum"]}
+
 
 finetune_summarize = training_stage(lambda config: prepare_seq2seq(config, "summarize"),
                                     "Fine-tune a model to summarize; returns the run summary.")

@@ -39,6 +39,12 @@ class FinetuneTranslateConfig(Seq2SeqConfig):
         return (f"Translate this {name(self.source)} text into {name(self.target)}. "
                 "Answer with the translation only.")
 
+    def dev_metric(self, outputs: list[str], targets: list[str]) -> dict[str, float]:
+        from lmforge.evaluation.seq2seq import bleu_chrf
+
+        scores = bleu_chrf(outputs, targets)
+        return {"bleu": scores["bleu"], "chrf": scores["chrf"]}
+
 
 # language codes a causal LM's instruction names in words (others are named by their code)
 LANGUAGES = {"en": "English", "es": "Spanish", "fr": "French", "de": "German", "it": "Italian", "pt": "Portuguese",

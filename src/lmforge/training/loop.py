@@ -339,7 +339,8 @@ class _Driver:
             with torch.no_grad(), session.accelerator.autocast():
                 self.last_eval = {k: float(v) for k, v in task.evaluate(model).items()}
             model.train()
-            self.metrics.write({"step": self.at.step, "epoch": session.epoch_float(self.at), "eval": self.last_eval})
+            self.metrics.write({"step": self.at.step, "epoch": session.epoch_float(self.at),
+                                "elapsed_s": round(self.budget.elapsed(), 3), "eval": self.last_eval})
             log.info("eval at step %d: %s", self.at.step, "  ".join(f"{k} {v:.4f}" for k, v in self.last_eval.items()))
             if task.best_metric and _improved(self.last_eval[task.best_metric], best["value"], task.greater_is_better):
                 best.update(value=self.last_eval[task.best_metric], step=self.at.step)
