@@ -285,7 +285,6 @@ def build_gpt(size: str, tokenizer: Any, seq_len: int, arch: dict | None = None)
 def build_t5(size: str, tokenizer: Any, arch: dict | None = None):
     """A fresh ``T5ForConditionalGeneration`` (T5 v1.1 style: gated-GELU feed-forward, untied head) shaped by a size
     preset (plus overrides), for this tokenizer; the pad token starts the decoder, as in T5."""
-    import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
     quiet_transformers()
@@ -301,12 +300,19 @@ def build_t5(size: str, tokenizer: Any, arch: dict | None = None):
         from lmforge.errors import ConfigError
 
         raise ConfigError(f"invalid model shape {shape}: {exc}", fix="check the arch.* overrides") from None
-    model = T5ForConditionalGeneration(config)
-    # transformers starts an untied T5 head at std 1, so the first logits have std sqrt(d_model) and the loss starts
-    # near 60 instead of ln(vocab): T5 v1.1 spent thousands of Adafactor steps getting out of that, a CPU budget of a
-    # few hundred AdamW steps cannot. Scaled as a tied head would be, the logits start at std 1.
-    with torch.no_grad():
-        model.lm_head.weight.normal_(0.0, config.d_model**-0.5)
+    return calm_t5_head(T5ForConditionalGeneration(config))
+
+
+def calm_t5_head(model):
+    """transformers starts an untied T5 head at std 1, so the first logits have std sqrt(d_model) and the loss starts
+    near 60 instead of ln(vocab): T5 v1.1 spent thousands of Adafactor steps getting out of that, a CPU budget of a
+    few hundred AdamW steps cannot. Scaled as a tied head would be, the logits start at std 1."""
+    import torch
+
+    config = model.config
+    if getattr(config, "model_type", "") == "t5" and not getattr(config, "tie_word_embeddings", True):
+        with torch.no_grad():
+            model.lm_head.weight.normal_(0.0, config.d_model**-0.5)
     return model
 
 

@@ -130,6 +130,22 @@ def test_lora_is_for_causal_lms_and_the_refusal_writes_nothing(cli, tiny_t5_dir,
     assert not (tmp_path / "x").exists()
 
 
+def test_random_init_keeps_the_shape_and_drops_the_weights(cli, tiny_t5_dir, gpt_run, verses, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM
+
+    data, _ = verses
+    out = tmp_path / "scratch"
+    # (the fixture is itself a fresh T5 drawn with seed 0: another seed draws other weights)
+    result = cli("finetune", "translate", "--model", tiny_t5_dir, "--data", data, "--out", out, "--random-init",
+                 "--max-steps", "1", "--lr", "1e-9", "--seed", "7")
+    assert result.code == 0, result.text
+    theirs, ours = (AutoModelForSeq2SeqLM.from_pretrained(p) for p in (tiny_t5_dir, out / "model"))
+    assert ours.config.d_model == theirs.config.d_model and ours.num_parameters() == theirs.num_parameters()
+    assert not torch.allclose(ours.shared.weight, theirs.shared.weight, atol=1e-3)
+    refused = cli("finetune", "translate", "--model", gpt_run, "--data", data, "--out", tmp_path / "y", "--random-init")
+    assert refused.code == 2 and "--random-init" in refused.err and not (tmp_path / "y").exists()
+
+
 def test_a_model_that_cannot_generate_is_refused(cli, tmp_path, verses):
     from transformers import DistilBertConfig, DistilBertModel
 

@@ -72,6 +72,9 @@ class Seq2SeqConfig(FinetuneConfig):
                                     "the task's)")
     max_source_length: int = Field(256, ge=8, description="input tokens kept")
     max_target_length: int = Field(128, ge=4, description="output tokens learned")
+    random_init: bool = Field(False, description="encoder-decoders: keep the model's architecture and tokenizer but "
+                              "start from random weights (the baseline that shows what pretraining gave)",
+                              json_schema_extra={"flag": "--random-init"})
     decoding: DecodingSettings = Field(default_factory=DecodingSettings, description="generation")
     lora: LoraSettings = Field(default_factory=LoraSettings, description="causal LMs: low-rank adaptation")
     train: Seq2SeqTrainConfig = Field(default_factory=Seq2SeqTrainConfig, description="training loop")
@@ -148,6 +151,10 @@ def prepare_seq2seq(config: Seq2SeqConfig, task: str):
 
     resolve_model_path(config.model)
     family = text2text_family(config.model)
+    if config.random_init and family != "encoder-decoder":
+        raise ConfigError(f"--random-init starts an encoder-decoder from random weights; {config.model} is an "
+                          f"{family}", where="--random-init", fix="drop --random-init, or give an encoder-decoder "
+                          "(a span-corruption run, an HF seq2seq folder)")
     if config.lora.enabled and family != "decoder":
         raise ConfigError(f"--lora adapts causal LMs here; {config.model} is an {family}", where="--lora",
                           fix="drop --lora (every weight is trained), or fine-tune a causal LM such as smollm2")
@@ -169,12 +176,16 @@ def _pairs_spec(config: Seq2SeqConfig, task: str, family: str, train: Pairs, dev
     """An encoder-decoder (or BERT2BERT) learning the pairs as they are."""
     from transformers import AutoModelForSeq2SeqLM
 
-    from lmforge.models import build_bert2bert, from_pretrained
+    from lmforge.models import build_bert2bert, calm_t5_head, from_pretrained, load_config
     from lmforge.tasks.lm import score_seq2seq
     from lmforge.training.loop import TaskSpec
 
-    model = (build_bert2bert(config.model, tokenizer) if family == "encoder"
-             else from_pretrained(AutoModelForSeq2SeqLM, config.model))
+    if family == "encoder":
+        model = build_bert2bert(config.model, tokenizer)
+    elif config.random_init:
+        model = calm_t5_head(AutoModelForSeq2SeqLM.from_config(load_config(config.model)))
+    else:
+        model = from_pretrained(AutoModelForSeq2SeqLM, config.model)
     eos = next(t for t in (tokenizer.eos_token_id, tokenizer.sep_token_id, model.config.eos_token_id) if t is not None)
 
     def encode(pairs: Pairs) -> tuple[list[list[int]], list[list[int]]]:

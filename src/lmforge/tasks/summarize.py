@@ -55,6 +55,6 @@ TASK = register(Task(
     evaluate=evaluate_summarize, pipeline="text2text-generation", routes=("summarize",),
     summary="Fine-tune to summarize: an encoder-decoder, a causal LM (smollm2) or BERT2BERT from an encoder.",
     flags=("model", "data", "eval", "source_field", "target_field", "instruction", "decoding.num_beams",
-           "lora.enabled"),
+           "lora.enabled", "random_init"),
     metrics=("rougeLsum", "rouge1", "rouge2", "rougeL", "n", "baseline"),
 ))

@@ -74,6 +74,6 @@ TASK = register(Task(
     evaluate=evaluate_translate, pipeline="text2text-generation", routes=("translate",),
     summary="Fine-tune for translation: an encoder-decoder, a causal LM (smollm2) or BERT2BERT from an encoder.",
     flags=("model", "data", "eval", "source", "target", "source_field", "target_field", "instruction",
-           "decoding.num_beams", "lora.enabled"),
+           "decoding.num_beams", "lora.enabled", "random_init"),
     metrics=("bleu", "chrf", "n", "baseline"),
 ))
