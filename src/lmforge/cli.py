@@ -865,6 +865,10 @@ def _seq2seq_command(task: str, doing: str) -> Callable:
                help="beam width (1: greedy); default: the run's"),
         option("max_new_tokens", int | None, None, "--max-new-tokens", min=1, metavar="N",
                help="longest output in tokens; default: the run's"),
+        option("length_penalty", float | None, None, "--length-penalty", metavar="X",
+               help="beam scores are divided by length ** X (above 1 favours longer outputs); default: the run's"),
+        option("no_repeat_ngram_size", int | None, None, "--no-repeat-ngram-size", min=0, metavar="N",
+               help="never repeat an n-gram of this size (0: off); default: the run's"),
         option("sample", bool, False, "--sample", help="sample tokens instead of taking the likeliest"),
         option("temperature", float | None, None, "--temperature", min=0.01, metavar="X",
                help="with --sample: divide the logits by this (below 1: safer)"),
@@ -875,8 +879,9 @@ def _seq2seq_command(task: str, doing: str) -> Callable:
     ]
 
     def command(run: Path, texts: list[str] | None, input_: str | None, output: Path | None, text_field: str,
-                num_beams: int | None, max_new_tokens: int | None, sample: bool, temperature: float | None,
-                top_p: float | None, seed: int | None, overwrite: bool) -> None:
+                num_beams: int | None, max_new_tokens: int | None, length_penalty: float | None,
+                no_repeat_ngram_size: int | None, sample: bool, temperature: float | None, top_p: float | None,
+                seed: int | None, overwrite: bool) -> None:
         from lmforge.inference.pipelines import Seq2SeqPipeline
         from lmforge.stages import load, resolve_task
         from lmforge.tasks import registry
@@ -898,6 +903,7 @@ def _seq2seq_command(task: str, doing: str) -> Callable:
 
             torch.manual_seed(seed)
         results = pipeline.predict(items, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                                   length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
                                    do_sample=True if sample else None, temperature=temperature, top_p=top_p)
         _write_results([{"input": t, "output": r["text"]} for t, r in zip(items, results)], output)
 

@@ -180,13 +180,30 @@ def test_served_translation_and_its_limits(cli, tiny_t5_dir, verses, tmp_path):
         assert client.get("/v1/models/mt").json()["routes"] == ["translate"]
 
 
-def test_the_translate_and_summarize_commands(cli, tiny_t5_dir, verses, tmp_path):
+def test_the_translate_and_summarize_commands(cli, tiny_t5_dir, verses, tmp_path, monkeypatch):
     data, rows = verses
     out = tmp_path / "mt"
     assert cli("finetune", "translate", "--model", tiny_t5_dir, "--data", data, "--out", out, "--max-steps", "1").code == 0
     result = cli("translate", out, rows[0]["en"], rows[1]["en"], "--num-beams", "1", "--max-new-tokens", "4")
     lines = [json.loads(line) for line in result.out.splitlines()]
     assert result.code == 0 and [x["input"] for x in lines] == [rows[0]["en"], rows[1]["en"]]
+    # an untrained model repeats itself: forbidding repeated 1-grams leaves every generated token new
+    from transformers import GenerationMixin
+
+    calls, original = [], GenerationMixin.generate
+
+    def spy(self, *args, **kwargs):
+        calls.append((kwargs, original(self, *args, **kwargs)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(GenerationMixin, "generate", spy)
+    free = cli("translate", out, rows[0]["en"], "--num-beams", "2", "--max-new-tokens", "12",
+               "--no-repeat-ngram-size", "1", "--length-penalty", "0.5")
+    assert free.code == 0, free.text
+    (kwargs, generated), = calls
+    assert kwargs["no_repeat_ngram_size"] == 1 and kwargs["length_penalty"] == 0.5
+    tokens = generated[0, 1:].tolist()  # after the decoder's start token
+    assert len(tokens) > 2 and len(tokens) == len(set(tokens))
     written = tmp_path / "out.jsonl"
     assert cli("summarize", out, "--input", data, "--text-field", "en", "--output", written,
                "--max-new-tokens", "2").code == 0
