@@ -304,13 +304,16 @@ def build_t5(size: str, tokenizer: Any, arch: dict | None = None):
 
 
 def calm_t5_head(model):
-    """transformers starts an untied T5 head at std 1, so the first logits have std sqrt(d_model) and the loss starts
+    """transformers starts a T5 v1.1 head (unscaled decoder outputs) at std 1, so the first logits have std sqrt(d_model) and the loss starts
     near 60 instead of ln(vocab): T5 v1.1 spent thousands of Adafactor steps getting out of that, a CPU budget of a
     few hundred AdamW steps cannot. Scaled as a tied head would be, the logits start at std 1."""
     import torch
 
     config = model.config
-    if getattr(config, "model_type", "") == "t5" and not getattr(config, "tie_word_embeddings", True):
+    # transformers 5 always ties T5's head to the embeddings and marks v1.1 as scale_decoder_outputs=False; older
+    # versions had an untied head (tie_word_embeddings=False)
+    unscaled = not getattr(config, "scale_decoder_outputs", getattr(config, "tie_word_embeddings", True))
+    if getattr(config, "model_type", "") == "t5" and unscaled:
         with torch.no_grad():
             model.lm_head.weight.normal_(0.0, config.d_model**-0.5)
     return model

@@ -4,6 +4,7 @@ them back exactly, plain transformers loads the run and answers the same, metric
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -142,6 +143,10 @@ def test_random_init_keeps_the_shape_and_drops_the_weights(cli, tiny_t5_dir, gpt
     theirs, ours = (AutoModelForSeq2SeqLM.from_pretrained(p) for p in (tiny_t5_dir, out / "model"))
     assert ours.config.d_model == theirs.config.d_model and ours.num_parameters() == theirs.num_parameters()
     assert not torch.allclose(ours.shared.weight, theirs.shared.weight, atol=1e-3)
+    # its first loss is near ln(vocabulary), not the ~sqrt(d_model)-sized logits' tens of nats transformers' T5 v1.1
+    # init starts from
+    first = next(json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x)
+    assert first["loss"] < math.log(ours.config.vocab_size) + 2, first
     refused = cli("finetune", "translate", "--model", gpt_run, "--data", data, "--out", tmp_path / "y", "--random-init")
     assert refused.code == 2 and "--random-init" in refused.err and not (tmp_path / "y").exists()
 
