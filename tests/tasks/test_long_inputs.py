@@ -80,7 +80,12 @@ def test_a_text_that_fits_in_one_window_gets_the_same_answer_under_every_strateg
         pipeline = ClassificationPipeline(model_dir, info={"config": {"max_length": MAX_LENGTH,
                                                                       "long_inputs": {"strategy": strategy}}})
         answers[strategy] = pipeline.predict([short, long])
-    assert answers["truncate"][0] == answers["head-tail"][0] == answers["windows"][0]
+    # the same answer; probabilities equal up to float rounding (the short text shares its batch with differently
+    # padded pieces of the long one, and CPU kernels sum padded rows in a different order)
+    first = [answers[s][0] for s in ("truncate", "head-tail", "windows")]
+    assert len({(a["label"], a["windows"]) for a in first}) == 1
+    for other in first[1:]:
+        assert other["probabilities"] == pytest.approx(first[0]["probabilities"], abs=1e-6)
     assert answers["windows"][0]["windows"] == 1 and answers["windows"][1]["windows"] == 4
     assert answers["truncate"][1]["windows"] == answers["head-tail"][1]["windows"] == 1
     assert answers["truncate"][1]["probabilities"] != answers["windows"][1]["probabilities"]
