@@ -283,8 +283,9 @@ def build_gpt(size: str, tokenizer: Any, seq_len: int, arch: dict | None = None)
 
 
 def build_t5(size: str, tokenizer: Any, arch: dict | None = None):
-    """A fresh ``T5ForConditionalGeneration`` (T5 v1.1 style: gated-GELU feed-forward, decoder outputs not rescaled; the head is tied to the embeddings from transformers 5 on) shaped by a size
-    preset (plus overrides), for this tokenizer; the pad token starts the decoder, as in T5."""
+    """A fresh ``T5ForConditionalGeneration`` (T5 v1.1 style: gated-GELU feed-forward, decoder outputs not rescaled;
+    the head is tied to the embeddings from transformers 5 on) shaped by a size preset (plus overrides), for this
+    tokenizer; the pad token starts the decoder, as in T5."""
     from transformers import T5Config, T5ForConditionalGeneration
 
     quiet_transformers()
