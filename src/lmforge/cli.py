@@ -882,22 +882,21 @@ def _seq2seq_command(task: str, doing: str) -> Callable:
                 num_beams: int | None, max_new_tokens: int | None, length_penalty: float | None,
                 no_repeat_ngram_size: int | None, sample: bool, temperature: float | None, top_p: float | None,
                 seed: int | None, overwrite: bool) -> None:
-        from lmforge.inference.pipelines import Seq2SeqPipeline
-        from lmforge.stages import load, resolve_task
+        from lmforge.inference.pipelines import GenerationPipeline, Seq2SeqPipeline
+        from lmforge.stages import resolve_task
         from lmforge.tasks import registry
         from lmforge.tasks.seq2seq import task_settings
 
         items = _inputs(task, texts, input_, text_field, output, overwrite)
         found, model_dir, info = resolve_task(run)
-        if found.pipeline == Seq2SeqPipeline.kind:
-            pipeline = load(run)
-        elif found.pipeline == "text-generation":  # a causal LM zero-shot: asked the task's own instruction
-            settings = task_settings(registry.get(task).config, info, task)
-            pipeline = Seq2SeqPipeline(model_dir, name=Path(run).name, info=info, instruction=settings.instruction)
-        else:
+        if found.pipeline not in (Seq2SeqPipeline.kind, GenerationPipeline.kind):
             raise LmforgeError(f"'{run}' is a {found.name} model, which cannot {task}",
                                fix=f"give a run of `lmforge finetune {task}`, a seq2seq model folder or a causal LM "
                                    "(e.g. smollm2)")
+        # a causal LM that is no translate/summarize run answers zero-shot, asked the task's own instruction
+        zero_shot = found.pipeline == GenerationPipeline.kind
+        instruction = task_settings(registry.get(task).config, info, task).instruction if zero_shot else None
+        pipeline = Seq2SeqPipeline(model_dir, name=Path(run).name, info=info, task=found.name, instruction=instruction)
         if seed is not None:
             import torch
 

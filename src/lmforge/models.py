@@ -305,9 +305,10 @@ def build_t5(size: str, tokenizer: Any, arch: dict | None = None):
 
 
 def calm_t5_head(model):
-    """transformers starts a T5 v1.1 head (unscaled decoder outputs) at std 1, so the first logits have std sqrt(d_model) and the loss starts
-    near 60 instead of ln(vocab): T5 v1.1 spent thousands of Adafactor steps getting out of that, a CPU budget of a
-    few hundred AdamW steps cannot. Scaled as a tied head would be, the logits start at std 1."""
+    """transformers starts a T5 v1.1 head (unscaled decoder outputs) at std 1, so the first logits have std
+    sqrt(d_model) and the loss starts near 60 instead of ln(vocab): T5 v1.1 spent thousands of Adafactor steps getting
+    out of that, a CPU budget of a few hundred AdamW steps cannot. Scaled as a tied head would be, the logits start at
+    std 1."""
     import torch
 
     config = model.config

@@ -350,19 +350,29 @@ class Seq2SeqPipeline(Pipeline):
         temperature, top_p, top_k."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         settings = generate_options({**self.decoding, **{k: v for k, v in decoding.items() if v is not None}})
-        encoded = self._encode(texts, truncate)
-        drop = {t for t in self.tokenizer.all_special_tokens if not SENTINEL.fullmatch(t)}
-        pad_id = self.tokenizer.pad_token_id or 0
-        results: list[dict] = [{} for _ in texts]
-        for index in sorted_batches([len(x) for x in encoded], batch_size):
-            ids, mask = pad_batch([encoded[i] for i in index], pad_id, left=self.causal)
-            out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **settings)
-            if self.causal:
-                out = out[:, ids.shape[1]:]  # what follows the prompt
-            for row, i in enumerate(index):
-                tokens = [t for t in self.tokenizer.convert_ids_to_tokens(out[row].tolist()) if t not in drop]
-                results[i] = {"text": self.tokenizer.convert_tokens_to_string(tokens).strip()}
-        return results
+        outputs = generate_texts(self.model, self.tokenizer, self._encode(texts, truncate), settings,
+                                 batch_size=batch_size, causal=self.causal)
+        return [{"text": text} for text in outputs]
+
+
+def generate_texts(model, tokenizer, encoded: list[list[int]], settings: dict, *, batch_size: int,
+                   causal: bool = False) -> list[str]:
+    """The generated text for each tokenized input, in batches of similar length (a causal LM's prompts padded on the
+    left and cut from its outputs); special tokens other than T5 sentinels removed. ``settings``: generate's
+    keyword arguments (:func:`generate_options`)."""
+    device = next(model.parameters()).device
+    drop = {t for t in tokenizer.all_special_tokens if not SENTINEL.fullmatch(t)}
+    pad_id = tokenizer.pad_token_id or 0
+    results = [""] * len(encoded)
+    for index in sorted_batches([len(x) for x in encoded], batch_size):
+        ids, mask = pad_batch([encoded[i] for i in index], pad_id, left=causal)
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **settings)
+        if causal:
+            out = out[:, ids.shape[1]:]  # what follows the prompt
+        for row, i in enumerate(index):
+            tokens = [t for t in tokenizer.convert_ids_to_tokens(out[row].tolist()) if t not in drop]
+            results[i] = tokenizer.convert_tokens_to_string(tokens).strip()
+    return results
 
 
 class QuestionAnsweringPipeline(Pipeline):

@@ -176,6 +176,7 @@ def _pairs_spec(config: Seq2SeqConfig, task: str, family: str, train: Pairs, dev
     """An encoder-decoder (or BERT2BERT) learning the pairs as they are."""
     from transformers import AutoModelForSeq2SeqLM
 
+    from lmforge.inference.pipelines import generate_texts
     from lmforge.models import build_bert2bert, calm_t5_head, from_pretrained, load_config
     from lmforge.tasks.lm import score_seq2seq
     from lmforge.training.loop import TaskSpec
@@ -203,8 +204,10 @@ def _pairs_spec(config: Seq2SeqConfig, task: str, family: str, train: Pairs, dev
                    for i in range(0, min(len(dev), DEV_PAIRS), 32)]
     shown = head(dev, DEV_GENERATED)
 
+    greedy = {"num_beams": 1, "do_sample": False, "max_new_tokens": config.max_target_length}
+
     def evaluate(m) -> dict[str, float]:
-        outputs = greedy_outputs(m, tokenizer, dev_ids[0][:DEV_GENERATED], pad_id, config.max_target_length)
+        outputs = generate_texts(m, tokenizer, dev_ids[0][:DEV_GENERATED], greedy, batch_size=32)
         return {**score_seq2seq(m, dev_batches), **config.dev_metric(outputs, shown.targets)}
 
     return TaskSpec(
@@ -250,23 +253,6 @@ def _decoder_spec(config: Seq2SeqConfig, task: str, family: str, train: Pairs, d
         greater_is_better=False, count_tokens=lambda b: int(b["attention_mask"].sum()), eval_times=10,
         eval_size=len(dev_enc),
     )
-
-
-def greedy_outputs(model, tokenizer, sources: list[list[int]], pad_id: int, max_new_tokens: int) -> list[str]:
-    """An encoder-decoder's greedy outputs for tokenized sources (batches of 32, special tokens dropped)."""
-    import torch
-
-    from lmforge.data.batching import pad_batch
-
-    device = next(model.parameters()).device
-    outputs: list[str] = []
-    with torch.inference_mode():
-        for start in range(0, len(sources), 32):
-            ids, mask = pad_batch(sources[start : start + 32], pad_id)
-            generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), num_beams=1,
-                                       do_sample=False, max_new_tokens=max_new_tokens)
-            outputs.extend(t.strip() for t in tokenizer.batch_decode(generated, skip_special_tokens=True))
-    return outputs
 
 
 def head(pairs: Pairs, count: int) -> Pairs:
