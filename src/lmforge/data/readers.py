@@ -11,7 +11,7 @@ import csv
 import gzip
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,8 +145,21 @@ def _decode_lines(path: Path, problems: Problems) -> Iterator[tuple[int, str]]:
                 problems.add(f"{path}:{number}: invalid UTF-8 at byte {exc.start} (save the file as UTF-8)")
 
 
-def _read_jsonl(path: Path, problems: Problems) -> Iterator[Record]:
-    for number, text in _decode_lines(path, problems):
+def decode_text(path: Path, problems: Problems) -> str | None:
+    """The whole file as text (a UTF-8 BOM dropped); invalid UTF-8 becomes a problem naming file:line (None)."""
+    with open_binary(path) as fh:
+        raw = fh.read()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        problems.add(f"{path}:{line}: invalid UTF-8 at byte {exc.start} (save the file as UTF-8)")
+        return None
+
+
+def json_objects(path: Path, lines: Iterable[tuple[int, str]], problems: Problems) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank JSON Lines line; bad lines become problems naming file:line."""
+    for number, text in lines:
         if not text.strip():
             continue
         try:
@@ -157,17 +170,17 @@ def _read_jsonl(path: Path, problems: Problems) -> Iterator[Record]:
         if not isinstance(value, dict):
             problems.add(f"{path}:{number}: expected a JSON object per line, got {type(value).__name__}")
             continue
+        yield number, value
+
+
+def _read_jsonl(path: Path, problems: Problems) -> Iterator[Record]:
+    for number, value in json_objects(path, _decode_lines(path, problems), problems):
         yield Record(value, path, number)
 
 
 def _read_delimited(path: Path, problems: Problems, delimiter: str) -> Iterator[Record]:
-    with open_binary(path) as fh:
-        raw = fh.read()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        problems.add(f"{path}:{line}: invalid UTF-8 at byte {exc.start} (save the file as UTF-8)")
+    text = decode_text(path, problems)
+    if text is None:
         return
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     if not reader.fieldnames:

@@ -22,7 +22,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.data.readers import DataSource, Problems, base_suffix, open_binary, read_records, resolve
+from lmforge.data.readers import (
+    DataSource,
+    Problems,
+    base_suffix,
+    decode_text,
+    json_objects,
+    read_records,
+    resolve,
+)
 from lmforge.errors import DataError
 
 _ID = re.compile(r'"id"\s*:\s*"((?:[^"\\]|\\.)*)"')
@@ -94,13 +102,8 @@ def load_qa(spec: str) -> QAData:
 
 # ------------------------------------------------------------------------------------------------ SQuAD JSON
 def _read_json_file(path: Path, problems: Problems) -> list[QAExample]:
-    with open_binary(path) as fh:
-        raw = fh.read()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        problems.add(f"{path}:{line}: invalid UTF-8 at byte {exc.start} (save the file as UTF-8)")
+    text = decode_text(path, problems)
+    if text is None:
         return []
     try:
         document = json.loads(text)
@@ -168,22 +171,8 @@ def _where(path: Path, lines: dict[str, int], qid, fallback: str) -> str:
 
 
 def _read_json_lines(path: Path, text: str, problems: Problems) -> list[QAExample]:
-    examples = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.add(f"{path}:{number}: invalid JSON: {exc.msg} (column {exc.colno})")
-            continue
-        if not isinstance(row, dict):
-            problems.add(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
-            continue
-        example = _row(row, f"{path}:{number}", problems)
-        if example:
-            examples.append(example)
-    return examples
+    rows = json_objects(path, enumerate(text.splitlines(), start=1), problems)
+    return [example for number, row in rows if (example := _row(row, f"{path}:{number}", problems))]
 
 
 # ------------------------------------------------------------------------------------------------ one question

@@ -60,19 +60,33 @@ Registry = Annotated[ModelRegistry, Depends(get_registry)]
 Settings = Annotated[ServeSettings, Depends(get_settings)]
 
 
+def check_batch(count: int, settings, empty: str) -> None:
+    """A request's number of inputs against the server's limit (422 saying what to send instead)."""
+    if not count:
+        raise HTTPException(422, f"inputs is empty: {empty}")
+    if count > settings.max_batch_inputs:
+        raise HTTPException(422, f"{count} inputs in one request; the limit is {settings.max_batch_inputs}: "
+                                 "split them over several requests")
+
+
+def check_text(text: str, label: str, settings) -> None:
+    """One text of a request against the server's limits; ``label`` names it in the 422 ("input 3", "input 3: the
+    question")."""
+    if not text.strip():
+        raise HTTPException(422, f"{label} is empty")
+    if len(text) > settings.max_input_chars:
+        raise HTTPException(422, f"{label} has {len(text):,} characters; the limit is {settings.max_input_chars:,}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate escape ("\ud800") is valid JSON but no text
+        raise HTTPException(422, f"{label} is not valid Unicode text") from None
+
+
 def request_texts(inputs: str | list[str], settings) -> list[str]:
     """The texts of a classify/translate/summarize request, checked against the server's limits (422 naming the
     input that breaks one)."""
     texts = [inputs] if isinstance(inputs, str) else inputs
-    if not texts:
-        raise HTTPException(422, "inputs is empty: send a text or a list of texts")
-    if len(texts) > settings.max_batch_inputs:
-        raise HTTPException(422, f"{len(texts)} inputs in one request; the limit is {settings.max_batch_inputs}: "
-                                 "split them over several requests")
+    check_batch(len(texts), settings, "send a text or a list of texts")
     for i, text in enumerate(texts):
-        if not text.strip():
-            raise HTTPException(422, f"input {i} is empty")
-        if len(text) > settings.max_input_chars:
-            raise HTTPException(422, f"input {i} has {len(text):,} characters; the limit is "
-                                     f"{settings.max_input_chars:,}")
+        check_text(text, f"input {i}", settings)
     return texts

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import functools
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 
-from lmforge.serve.deps import ApiKey, Ready, Registry, Settings, find_model
+from lmforge.serve.deps import ApiKey, Ready, Registry, Settings, check_batch, check_text, find_model
 from lmforge.serve.schemas import ERRORS, QAPair, QARequest, QAResponse
 
 ROUTE = "qa"  # what a task lists in its ``routes`` to be served here (lmforge.tasks.registry)
@@ -20,23 +20,10 @@ router = APIRouter(prefix="/v1", tags=["qa"], dependencies=[ApiKey, Ready])
 
 def check_pairs(pairs: list[QAPair], settings) -> None:
     """The server's limits on a request's questions and contexts (422 naming the input that breaks one)."""
-    if not pairs:
-        raise HTTPException(422, "inputs is empty: send a question and its context, or a list of them")
-    if len(pairs) > settings.max_batch_inputs:
-        raise HTTPException(422, f"{len(pairs)} inputs in one request; the limit is {settings.max_batch_inputs}: "
-                                 "split them over several requests")
+    check_batch(len(pairs), settings, "send a question and its context, or a list of them")
     for i, pair in enumerate(pairs):
         for name in ("question", "context"):
-            text = getattr(pair, name)
-            if not text.strip():
-                raise HTTPException(422, f"input {i}: the {name} is empty")
-            if len(text) > settings.max_input_chars:
-                raise HTTPException(422, f"input {i}: the {name} has {len(text):,} characters; the limit is "
-                                         f"{settings.max_input_chars:,}")
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:  # a lone surrogate escape ("\ud800") is valid JSON but no text
-                raise HTTPException(422, f"input {i}: the {name} is not valid Unicode text") from None
+            check_text(getattr(pair, name), f"input {i}: the {name}", settings)
 
 
 @router.post("/qa", response_model=QAResponse, summary="answer questions from their contexts (extractive)",
