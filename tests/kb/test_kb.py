@@ -146,6 +146,88 @@ def test_a_chat_model_reads_the_numbered_passages(kb_dir, passages, chat_run):
     assert events[-1]["type"] == "done" and events[-1]["answer"] == streamed.strip()
 
 
+LOOP = ("A generator function returns an iterator object.\n\n1. The yield statement hands a value to the caller.\n"
+        "2. The yield statement hands a value to the caller.\n3. The yield statement hands a value")
+
+
+def tidied(text: str, hits, cut: int | None = None, seed: int = 0) -> tuple[str, object]:
+    """``text`` through an AnswerStream as deltas of 1 to ``cut`` characters (None: one delta)."""
+    import random
+
+    from lmforge.kb.ask import AnswerStream
+
+    rng, stream, out, i = random.Random(seed), AnswerStream(hits), "", 0
+    while i < len(text) and not stream.stopped:
+        j = len(text) if cut is None else i + rng.randint(1, cut)
+        out += stream.feed(text[i:j])
+        i = j
+    return out + stream.finish(), stream
+
+
+def hit(n: int, text: str):
+    from lmforge.kb import Hit
+
+    return Hit(f"p{n}", f"title {n}", text, 1.0, 0.5, n)
+
+
+def test_a_looping_answer_ends_before_its_first_repeat_however_the_deltas_are_cut():
+    hits = [hit(1, "Nothing about this."), hit(2, "The yield statement suspends a generator and hands a value to "
+                                                 "its caller; a generator function returns an iterator object.")]
+    whole, stream = tidied(LOOP, hits)
+    assert stream.stopped
+    assert whole.strip() == ("A generator function returns an iterator object. [2]\n\n"
+                             "1. The yield statement hands a value to the caller. [2]")
+    for seed in range(30):  # the repeat ("2. The yield ...") is never sent, not even its first characters
+        assert tidied(LOOP, hits, cut=6, seed=seed)[0] == whole
+
+
+def test_a_sentence_citing_nothing_gets_the_passage_its_words_come_from_and_own_citations_stay():
+    hits = [hit(1, "datetime.now() returns the current local date and time."),
+            hit(2, "Each yield suspends the generator function and hands a value to its caller.")]
+    text = "Call datetime.now() for the current date and time [1]. Each yield hands a value to the caller. It is nice."
+    out, stream = tidied(text, hits, cut=5)
+    assert out == ("Call datetime.now() for the current date and time [1]. Each yield hands a value to the caller. [2] "
+                   "It is nice.")
+    assert stream.own == {1} and not stream.stopped
+
+
+class LoopingReader:
+    """A chat model that repeats one sentence for ever (what a 135M reader may do); counts the tokens it decoded."""
+
+    kind, name, has_chat_template, context = "text-generation", "loop", True, 2048
+
+    def __init__(self) -> None:
+        self.decoded, self.closed = 0, False
+        self.generator = self
+
+    def chat_prompt(self, messages):
+        return list(range(len(messages[0]["content"].split())))
+
+    def stream(self, prompts, params, cancel=None):
+        from types import SimpleNamespace
+
+        try:
+            while self.decoded < params.max_new_tokens:
+                for word in ("The", "answer", "to", "your", "question", "is", "here."):
+                    self.decoded += 1
+                    yield SimpleNamespace(text=word + " ")
+        finally:
+            self.closed = True
+
+
+def test_ask_stops_decoding_a_loop_and_streams_exactly_its_answer(kb_dir):
+    from lmforge.kb import KnowledgeBase
+    from lmforge.kb.ask import ask
+
+    reader = LoopingReader()
+    events = list(ask(KnowledgeBase.open(kb_dir), "What is here?", reader, k=2, max_new_tokens=500,
+                      min_similarity=-1))
+    done = events[-1]
+    assert done["answer"] == "The answer to your question is here." and done["repeat_stopped"]
+    assert "".join(e["text"] for e in events if e["type"] == "delta").strip() == done["answer"]
+    assert reader.closed and reader.decoded < 20
+
+
 def test_evaluation_on_question_answer_pairs_leaves_the_kb_as_it_was(cli, kb_dir):
     from lmforge.kb import KnowledgeBase
 

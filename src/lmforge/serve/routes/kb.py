@@ -64,6 +64,8 @@ class Citation(BaseModel):
     n: int = Field(description="the passage's number in the prompt ([n] in the answer)")
     id: str
     title: str
+    matched: bool = Field(False, description="added by lmforge, not the reader: the sentence before it cited nothing "
+                          "and at least half of its content words are in this passage")
 
 
 class NumberedPassage(Passage):
@@ -75,6 +77,7 @@ class AskResponse(BaseModel):
     found: bool = Field(description="false when the knowledge base holds nothing close enough to the question")
     citations: list[Citation]
     passages: list[NumberedPassage]
+    repeat_stopped: bool = Field(False, description="the reader began to repeat a sentence; the answer ends before it")
 
 
 def _kb(registry):
