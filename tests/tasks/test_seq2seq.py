@@ -101,6 +101,20 @@ def test_a_causal_lm_learns_translation_as_an_exchange_and_transformers_answers_
     assert json.loads(zero_shot.out)["output"] != rows[0]["es"]
 
 
+def test_a_causal_lm_takes_its_32_pairs_a_step_in_micro_batches_of_8_unless_told(cli, gpt_run, verses, tmp_path):
+    """A causal LM reads prompt and answer as one long sequence: 32 in one micro-batch took 19 GB for smollm2."""
+    import yaml
+
+    data = write_jsonl(tmp_path / "verses.jsonl", verses[1] * 32)  # 96 pairs or more
+    for flags, expected in (((), (8, 4)), (("--batch-size", "16"), (16, 1))):
+        out = tmp_path / f"mb{len(flags)}"
+        result = cli("finetune", "summarize", "--model", gpt_run, "--data", data, "--eval", data, "--out", out,
+                     "--max-steps", "1", "--source-field", "en", "--target-field", "es", *flags)
+        assert result.code == 0, result.text
+        train = yaml.safe_load((out / "lmforge.yaml").read_text())["config"]["train"]
+        assert (train["batch_size"], train["grad_accum"]) == expected, result.text
+
+
 def test_bert2bert_warm_starts_from_an_encoder(cli, tiny_bert_dir, tmp_path):
     """An encoder (a BERT with MLM heads) becomes both halves of an EncoderDecoderModel and learns short summaries;
     plain transformers loads it as a seq2seq model."""

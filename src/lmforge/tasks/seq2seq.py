@@ -35,6 +35,7 @@ log = logging.getLogger("lmforge")
 # else 5e-5): an encoder-decoder pretrained here is small and takes a brisk rate; BERT2BERT's cross-attention starts
 # from scratch beside pretrained weights
 FAMILY_LR = {"encoder-decoder": 3e-4, "encoder": 1e-4}
+DECODER_MICRO_BATCH = 8  # pairs per micro-batch for a causal LM when neither --batch-size nor train.grad_accum is given
 DEV_PAIRS = 512  # dev pairs scored at each evaluation (teacher-forced loss)
 DEV_GENERATED = 64  # of them, the first pairs also translated/summarized (greedy) for the task's metric
 
@@ -163,6 +164,11 @@ def prepare_seq2seq(config: Seq2SeqConfig, task: str):
     run = RunDir.create(config.out, overwrite=config.overwrite, resume=config.resume)
     if config.train.lr is None and family in FAMILY_LR:
         config.train.lr = FAMILY_LR[family]
+    if (family == "decoder" and not {"batch_size", "grad_accum"} & config.train.model_fields_set
+            and len(train) >= 64):  # (fewer pairs would not fill the accumulation steps of an epoch)
+        # a causal LM reads prompt and answer as one sequence of up to ~640 tokens: 32 of them in one micro-batch
+        # took 19 GB for smollm2; the same 32 pairs a step, in micro-batches of 8
+        config.train.batch_size, config.train.grad_accum = DECODER_MICRO_BATCH, 32 // DECODER_MICRO_BATCH
     seed_everything(config.train.seed)
     spec = (_decoder_spec if family == "decoder" else _pairs_spec)(config, task, family, train, dev, tokenizer)
     run.write_info(stage="finetune", task=task, config=config,
@@ -242,7 +248,8 @@ def _decoder_spec(config: Seq2SeqConfig, task: str, family: str, train: Pairs, d
         return [encode_conversation(tokenizer, as_exchange(config.instruction, cut(s), t), longest)
                 for s, t in zip(pairs.sources, pairs.targets)]
 
-    train_enc, dev_enc = encode(train), encode(head(dev, DEV_PAIRS))
+    # a causal LM reads prompt and answer in full for every dev pair (~1 pair a second for smollm2 on one CPU core)
+    train_enc, dev_enc = encode(train), encode(head(dev, DEV_PAIRS // 4))
     pad_id = tokenizer.pad_token_id
     max_tokens = config.train.batch_size * longest
     dev_batches = conversation_batches(dev_enc, config.train.batch_size, pad_id, max_tokens)
