@@ -108,7 +108,7 @@ def main() -> None:
     if asked:
         print(f"   kb ask, smollm2 reader, 4 passages, {asked['questions']} questions: time to first token p50 "
               f"{asked['ttft_p50_s']:.2f} s, p99 {asked['ttft_p99_s']:.2f} s; whole answer p50 {asked['total_p50_s']:.1f} s; "
-              f"answers citing a passage: {asked['citing']}")
+              f"answers {', '.join(f'{k}: {v}' for k, v in asked['citing'].items())}")
     OUT.mkdir(exist_ok=True)
     (OUT / "kb.json").write_text(json.dumps({"benchmark": "kb", "hardware": hardware(), "passages": passages,
                                              "queries": len(queries), "kb_size_mb": size_mb, "build": build,
@@ -124,14 +124,18 @@ def time_ask(kb_dir: Path, questions: list[str]) -> dict:
     from lmforge.stages import load
 
     kb, reader = KnowledgeBase.open(kb_dir), load("smollm2")
-    first, total, citing, examples = [], [], 0, []
+    first, total, examples = [], [], []
+    citing = {"by the reader": 0, "matched only": 0, "repeat stopped": 0}
     for question in questions:
         start, seen = time.perf_counter(), None
         for event in ask(kb, question, reader, k=4, max_new_tokens=128):
             if event["type"] == "delta" and seen is None:
                 seen = time.perf_counter() - start
             if event["type"] == "done":
-                citing += bool(event["citations"])
+                own = any(not c["matched"] for c in event["citations"])
+                citing["by the reader"] += own
+                citing["matched only"] += bool(event["citations"]) and not own
+                citing["repeat stopped"] += bool(event.get("repeat_stopped"))
                 examples.append({"question": question, "answer": event["answer"][:300]})
         first.append(seen)
         total.append(time.perf_counter() - start)

@@ -182,3 +182,8 @@ def test_a_bundled_datasets_recipe_applies_unless_the_user_chose_a_strategy(monk
     assert with_dataset_recipe(build(train={"epochs": 2})).train.epochs == 2
     assert with_dataset_recipe(build(train={"max_steps": 5})).train.epochs == 3
     assert with_dataset_recipe(build(long_inputs={"strategy": "truncate"})).train.epochs == 3
+    # so does the window
+    spam = dataclasses.replace(spam, recipe={"long_inputs": {"strategy": "truncate"}, "max_length": 256, "why": "x"})
+    monkeypatch.setitem(registry.BUNDLED, "spam", spam)
+    assert with_dataset_recipe(build()).max_length == 256
+    assert with_dataset_recipe(build(max_length=128)).max_length == 128

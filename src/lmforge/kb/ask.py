@@ -55,7 +55,7 @@ def citations(answer: str, hits: list[Hit]) -> list[dict]:
     """The passages an answer cites as [n] (or [1, 2]), in order of first mention; numbers that name no passage
     are dropped."""
     seen = cited(answer, len(hits))
-    return [{"n": n, "id": hits[n - 1].id, "title": hits[n - 1].title} for n in seen]
+    return [{"n": n, "id": hits[n - 1].id, "title": hits[n - 1].title, "matched": False} for n in seen]
 
 
 SEGMENT_END = re.compile(r"(?<=[^\d\s][.!?])\s+|\s*\n\s*")  # a sentence or a line ends here ("2. " is a list mark)

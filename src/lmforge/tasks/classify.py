@@ -138,12 +138,17 @@ def with_dataset_recipe(config: FinetuneClassifyConfig) -> FinetuneClassifyConfi
     if not recommended or "long_inputs" in config.model_fields_set and "strategy" in config.long_inputs.model_fields_set:
         return config
     update = {"long_inputs": config.long_inputs.model_copy(update=recommended)}
-    epochs = dataset.recipe.get("epochs")  # chosen with the strategy: it applies with it, unless the user set a length
+    # chosen with the strategy, the window and the epochs apply with it, unless the user set them
+    window = dataset.recipe.get("max_length")
+    if window is not None and "max_length" not in config.model_fields_set:
+        update["max_length"] = int(window)
+    epochs = dataset.recipe.get("epochs")
     chosen_length = config.train.model_fields_set & {"epochs", "max_steps"}
     if epochs is not None and not chosen_length:
         update["train"] = config.train.model_copy(update={"epochs": float(epochs)})
-    log.info("%s: reading long texts with %s%s (%s; --long-inputs truncate to change)", dataset.name,
+    log.info("%s: reading long texts with %s%s%s (%s; --long-inputs to change)", dataset.name,
              ", ".join(f"{k}={v}" for k, v in recommended.items()),
+             f" at {update['max_length']} tokens" if "max_length" in update else "",
              f", {epochs:g} epoch{'s' if epochs != 1 else ''}" if "train" in update else "",
              dataset.recipe.get("why", "its recipe"))
     return config.model_copy(update=update)

@@ -212,7 +212,11 @@ def _pairs_spec(config: Seq2SeqConfig, task: str, family: str, train: Pairs, dev
 
     greedy = {"num_beams": 1, "do_sample": False, "max_new_tokens": config.max_target_length}
 
+    scores_outputs = type(config).dev_metric is not Seq2SeqConfig.dev_metric  # a task without one generates nothing
+
     def evaluate(m) -> dict[str, float]:
+        if not scores_outputs:
+            return score_seq2seq(m, dev_batches)
         outputs = generate_texts(m, tokenizer, dev_ids[0][:DEV_GENERATED], greedy, batch_size=32)
         return {**score_seq2seq(m, dev_batches), **config.dev_metric(outputs, shown.targets)}
 
