@@ -45,8 +45,8 @@ class LongInputSettings(Strict):
                              "spread from its start to its end; the server refuses it unless truncate is sent)")
     head_fraction: float = Field(0.25, gt=0, lt=1, description="head-tail: share of the window given to the start")
     training: Literal["pooled", "windows"] = Field(
-        "pooled", description="windows: train on each document's pooled answer (pooled) or on every window as an "
-        "example with the document's label (windows)")
+        "windows", description="windows: train on every window as an example with the document's label (windows: "
+        "0.9932 on spam:dev) or on each document's pooled answer (pooled: 0.9864)")
 
 
 class FinetuneClassifyConfig(FinetuneConfig):

@@ -564,6 +564,8 @@ async function askDocs(event) {
       else if (event.type === "done") {
         answer.innerHTML = citeLinks(event.answer) + (event.found ? "" : ' <span class="muted">(nothing in the knowledge base is close enough)</span>');
         const cited = event.citations.map((c) => c.n);
+        event.citations.filter((c) => c.matched).forEach((c) => answer.querySelectorAll(`.cite[data-n="${c.n}"]`)
+          .forEach((a) => { a.classList.add("matched"); a.title = "added by lmforge: most of this sentence's words are in this passage"; }));
         document.querySelectorAll("#passages .passage").forEach((li) =>
           li.classList.toggle("cited", cited.includes(Number(li.id.slice(8)))));
       } else if (event.type === "error") showError($("#ask-error"), event.detail);
