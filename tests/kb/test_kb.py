@@ -189,6 +189,8 @@ def test_a_sentence_citing_nothing_gets_the_passage_its_words_come_from_and_own_
     assert out == ("Call datetime.now() for the current date and time [1]. Each yield hands a value to the caller. [2] "
                    "It is nice.")
     assert stream.own == {1} and not stream.stopped
+    base = [hit(1, "The knowledge base was not found: nothing was found in the base.")]
+    assert tidied("Sorry, not found in the knowledge base.", base)[0] == "Sorry, not found in the knowledge base."
 
 
 class LoopingReader:

@@ -145,7 +145,7 @@ class AnswerStream:
         self.own |= own
         self.fences += segment.count("```")
         in_code = self.fences % 2 == 1 or segment.count("```")  # a citation would break the code
-        if not own and not in_code and (n := self._source(segment)):
+        if not own and not in_code and NOT_FOUND not in segment.lower() and (n := self._source(segment)):
             text += f" [{n}]"
         return text + ("" if self.stopped else gap)
 
