@@ -37,6 +37,8 @@ log = logging.getLogger("lmforge")
 FAMILY_LR = {"encoder-decoder": 3e-4, "encoder": 1e-4}
 DECODER_MICRO_BATCH = 8  # pairs per micro-batch for a causal LM when neither --batch-size nor train.grad_accum is given
 DEV_PAIRS = 512  # dev pairs scored at each evaluation (teacher-forced loss)
+# a causal LM reads prompt and answer in full for every dev pair (~1 pair a second for smollm2 on one CPU core)
+DEV_PAIRS_DECODER = 128
 DEV_GENERATED = 64  # of them, the first pairs also translated/summarized (greedy) for the task's metric
 
 
@@ -167,8 +169,9 @@ def prepare_seq2seq(config: Seq2SeqConfig, task: str):
     if (family == "decoder" and not {"batch_size", "grad_accum"} & config.train.model_fields_set
             and len(train) >= 64):  # (fewer pairs would not fill the accumulation steps of an epoch)
         # a causal LM reads prompt and answer as one sequence of up to ~640 tokens: 32 of them in one micro-batch
-        # took 19 GB for smollm2; the same 32 pairs a step, in micro-batches of 8
-        config.train.batch_size, config.train.grad_accum = DECODER_MICRO_BATCH, 32 // DECODER_MICRO_BATCH
+        # took 19 GB for smollm2; the same pairs a step (the default batch), in micro-batches of 8
+        config.train.batch_size, config.train.grad_accum = (DECODER_MICRO_BATCH,
+                                                            config.train.batch_size // DECODER_MICRO_BATCH)
     seed_everything(config.train.seed)
     spec = (_decoder_spec if family == "decoder" else _pairs_spec)(config, task, family, train, dev, tokenizer)
     run.write_info(stage="finetune", task=task, config=config,
@@ -215,10 +218,11 @@ def _pairs_spec(config: Seq2SeqConfig, task: str, family: str, train: Pairs, dev
     scores_outputs = type(config).dev_metric is not Seq2SeqConfig.dev_metric  # a task without one generates nothing
 
     def evaluate(m) -> dict[str, float]:
-        if not scores_outputs:
-            return score_seq2seq(m, dev_batches)
-        outputs = generate_texts(m, tokenizer, dev_ids[0][:DEV_GENERATED], greedy, batch_size=32)
-        return {**score_seq2seq(m, dev_batches), **config.dev_metric(outputs, shown.targets)}
+        scores = score_seq2seq(m, dev_batches)
+        if scores_outputs:
+            outputs = generate_texts(m, tokenizer, dev_ids[0][:DEV_GENERATED], greedy, batch_size=32)
+            scores.update(config.dev_metric(outputs, shown.targets))
+        return scores
 
     return TaskSpec(
         name=f"finetune {task}", model=model,
@@ -252,8 +256,7 @@ def _decoder_spec(config: Seq2SeqConfig, task: str, family: str, train: Pairs, d
         return [encode_conversation(tokenizer, as_exchange(config.instruction, cut(s), t), longest)
                 for s, t in zip(pairs.sources, pairs.targets)]
 
-    # a causal LM reads prompt and answer in full for every dev pair (~1 pair a second for smollm2 on one CPU core)
-    train_enc, dev_enc = encode(train), encode(head(dev, DEV_PAIRS // 4))
+    train_enc, dev_enc = encode(train), encode(head(dev, DEV_PAIRS_DECODER))
     pad_id = tokenizer.pad_token_id
     max_tokens = config.train.batch_size * longest
     dev_batches = conversation_batches(dev_enc, config.train.batch_size, pad_id, max_tokens)
