@@ -42,6 +42,25 @@ def test_a_small_curve_against_random_init(cli, tiny_bert_dir, tmp_path):
     assert again.code == 2 and "--overwrite" in again.err
 
 
+def test_first_seed_runs_the_seeds_a_full_curve_would(cli, tiny_bert_dir, tmp_path):
+    """--first-seed 1 --seeds 1 is the second seed of --seeds 2: its subset and its runs, so seeds can run apart."""
+    from lmforge.curves import nested_subsets
+    from lmforge.data.labeled import load_text_label
+
+    out = tmp_path / "curve"
+    result = cli("learning-curve", "--model", tiny_bert_dir, "--data", "wordnet-topics", "--out", out,
+                 "--fractions", "0.002", "--first-seed", "1", "--min-steps", "2", "--epochs", "0.1",
+                 "--max-length", "32", "--set", "threads=1", "--json")
+    assert result.code == 0, result.text
+    assert [(p["seed"], p["init"]) for p in json.loads(result.out)["points"]] == [(1, "pretrained")]
+    train = load_text_label("wordnet-topics")
+    rows = nested_subsets(train.labels, [0.002], seed=1)[0.002]
+    written = [json.loads(line)["text"] for line in (out / "data" / "seed1-0.002.jsonl").read_text().splitlines()]
+    assert written == [train.texts[i] for i in rows]
+    assert rows != nested_subsets(train.labels, [0.002], seed=0)[0.002]
+    assert [p.name for p in (out / "runs").iterdir()] == ["pretrained-seed1-0.002"]
+
+
 @pytest.mark.parametrize(("args", "fragment"), [
     (["--fractions", "0,0.5"], "(0, 1]"), (["--fractions", "a,b"], "not a list of numbers"),
     (["--compare", "scratch"], "unknown comparison"), (["--data", "movie-reviews:test"], "names a split"),

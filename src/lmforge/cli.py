@@ -669,6 +669,8 @@ def learning_curve_command(
     fractions: Annotated[str, typer.Option("--fractions", metavar="F,F,...", help="shares of the training split "
                                            "(nested subsets)")] = "0.01,0.03,0.1,0.3,1",
     seeds: Annotated[int, typer.Option("--seeds", min=1, max=20, metavar="N", help="subsets and runs per fraction")] = 1,
+    first_seed: Annotated[int, typer.Option("--first-seed", min=0, metavar="S", help="run seeds S..S+N-1, so one "
+                                            "curve's seeds can run in separate processes or machines")] = 0,
     compare: Annotated[list[str] | None, typer.Option("--compare", metavar="INIT", help="also train from: "
                                                       "random-init (the same architecture, random weights)")] = None,
     epochs: Annotated[float, typer.Option("--epochs", min=0.01, metavar="X", help="passes over each subset")] = 3.0,
@@ -692,7 +694,7 @@ def learning_curve_command(
             raise LmforgeError(f"'{item}' is not KEY=VALUE", where="--set", fix="e.g. --set lr=3e-5")
         extra[key.removeprefix("train.")] = yaml_value(value)
     result = learning_curve(model=model, data=data, out=out, fractions=parse_fractions(fractions), seeds=seeds,
-                            compare=compare, epochs=epochs, min_steps=min_steps, batch_size=batch_size,
+                            first_seed=first_seed, compare=compare, epochs=epochs, min_steps=min_steps, batch_size=batch_size,
                             max_length=max_length, overwrite=overwrite, show_progress=_state["progress"], extra=extra)
     if as_json:
         _echo_json(result)

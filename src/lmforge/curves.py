@@ -46,7 +46,7 @@ def parse_fractions(text: str) -> list[float]:
 
 
 def learning_curve(*, model: str, data: str, out: Path, fractions: list[float], seeds: int = 1,
-                   compare: list[str] | None = None, epochs: float = 3.0, min_steps: int = 100, batch_size: int = 32,
+                   first_seed: int = 0, compare: list[str] | None = None, epochs: float = 3.0, min_steps: int = 100, batch_size: int = 32,
                    max_length: int = 128, overwrite: bool = False, show_progress: bool = True,
                    extra: dict | None = None) -> dict:
     from lmforge.data.registry import lookup, split_spec
@@ -74,7 +74,7 @@ def learning_curve(*, model: str, data: str, out: Path, fractions: list[float], 
     out.mkdir(parents=True, exist_ok=True)
     points = []
     started = time.perf_counter()
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         subsets = nested_subsets(train.labels, fractions, seed)
         for fraction, rows in subsets.items():
             subset = out / "data" / f"seed{seed}-{fraction:g}.jsonl"
