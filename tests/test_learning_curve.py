@@ -61,13 +61,51 @@ def test_first_seed_runs_the_seeds_a_full_curve_would(cli, tiny_bert_dir, tmp_pa
     assert [p.name for p in (out / "runs").iterdir()] == ["pretrained-seed1-0.002"]
 
 
+def _curve_dir(root, name, model, points):
+    folder = root / name
+    folder.mkdir()
+    (folder / "curve.json").write_text(json.dumps({"model": model, "data": "movie-reviews", "seconds": 10.0,
+                                                   "points": points}))
+    return folder
+
+
+def _point(init, seed, accuracy):
+    return {"init": init, "seed": seed, "fraction": 0.1, "labels": 804, "steps": 100, "accuracy": accuracy,
+            "macro_f1": accuracy - 0.1}
+
+
+def test_merge_pools_seeds_run_apart_and_refuses_what_does_not_belong(cli, tmp_path):
+    a = _curve_dir(tmp_path, "a", "minilm", [_point("pretrained", 0, 0.80), _point("random-init", 0, 0.50)])
+    b = _curve_dir(tmp_path, "b", "minilm", [_point("pretrained", 1, 0.70), _point("random-init", 1, 0.60),
+                                             _point("pretrained", 2, 0.75), _point("random-init", 2, 0.55)])
+    result = cli("learning-curve", "--merge", a, "--merge", b, "--out", tmp_path / "ab", "--json")
+    assert result.code == 0, result.text
+    merged = json.loads(result.out)
+    assert [(r["init"], r["seeds"]) for r in merged["table"]] == [("pretrained", 3), ("random-init", 3)]
+    assert merged["table"][0]["accuracy"] == pytest.approx(0.75)
+    assert merged["table"][0]["accuracy_std"] == pytest.approx((0.05 ** 2 * 2 / 3) ** 0.5)
+    assert merged["table"][1]["macro_f1"] == pytest.approx(0.45) and merged["seconds"] == 20.0
+    assert (tmp_path / "ab" / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    again = cli("learning-curve", "--merge", a, "--merge", b, "--out", tmp_path / "ab")
+    assert again.code == 2 and "--overwrite" in again.err
+    other = _curve_dir(tmp_path, "other", "runs/bert-tiny", [_point("pretrained", 3, 0.3)])
+    for dirs, fragment in [([a, a], "seed 0 of fraction 0.1 (pretrained) is in more than one"),
+                           ([a, other], "bert-tiny on movie-reviews, not of minilm"),
+                           ([a, tmp_path / "nothing"], "holds no curve.json")]:
+        bad = cli("learning-curve", *[x for d in dirs for x in ("--merge", d)], "--out", tmp_path / "bad")
+        assert bad.code == 2 and fragment in bad.err, bad.err
+    into = cli("learning-curve", "--merge", a, "--merge", b, "--out", a)
+    assert into.code == 2 and "one of the curves being merged" in into.err
+    assert json.loads((a / "curve.json").read_text())["points"][0]["seed"] == 0  # the input is untouched
+
+
 @pytest.mark.parametrize(("args", "fragment"), [
     (["--fractions", "0,0.5"], "(0, 1]"), (["--fractions", "a,b"], "not a list of numbers"),
     (["--compare", "scratch"], "unknown comparison"), (["--data", "movie-reviews:test"], "names a split"),
-    (["--data", "corpus"], "no test split")])
+    (["--data", "corpus"], "no test split"), (["--data", None], "no dataset given")])
 def test_bad_settings_exit_2(cli, tmp_path, args, fragment):
     base = {"--data": "movie-reviews", "--out": str(tmp_path / "c")}
     for flag, value in zip(args[::2], args[1::2]):
         base[flag] = value
-    result = cli("learning-curve", *[x for kv in base.items() for x in kv])
+    result = cli("learning-curve", *[x for kv in base.items() if kv[1] is not None for x in kv])
     assert result.code == 2 and fragment in result.err

@@ -662,9 +662,9 @@ def probe_bias(
 
 @app.command("learning-curve")
 def learning_curve_command(
-    data: Annotated[str, typer.Option("--data", metavar="DATA", help="a bundled classification dataset with dev and "
-                                      "test splits (movie-reviews, wordnet-topics, spam)")],
     out: Annotated[Path, typer.Option("--out", metavar="DIR", help="folder for curve.json, curve.png and the runs")],
+    data: Annotated[str | None, typer.Option("--data", metavar="DATA", help="a bundled classification dataset with "
+                                             "dev and test splits (movie-reviews, wordnet-topics, spam)")] = None,
     model: Annotated[str, typer.Option("--model", metavar="MODEL", help="the encoder to fine-tune")] = "minilm",
     fractions: Annotated[str, typer.Option("--fractions", metavar="F,F,...", help="shares of the training split "
                                            "(nested subsets)")] = "0.01,0.03,0.1,0.3,1",
@@ -680,13 +680,20 @@ def learning_curve_command(
     max_length: Annotated[int, typer.Option("--max-length", min=8, metavar="N")] = 128,
     sets: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="training-loop settings, "
                                                    "e.g. --set lr=3e-5 (keys of train.*)")] = None,
+    merge: Annotated[list[Path] | None, typer.Option("--merge", metavar="DIR", help="train nothing: pool the curves "
+                                                      "in these folders (seeds run apart) into one in --out")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing curve in --out")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print curve.json")] = False,
 ) -> None:
     """Accuracy and macro-F1 vs the number of labels: fine-tune on nested subsets of the training split (same
     budget rule for each), score on the test split; with --compare random-init, the same from random weights."""
-    from lmforge.curves import learning_curve, parse_fractions
+    from lmforge.curves import learning_curve, merge_curves, parse_fractions
 
+    if merge:
+        _print_curve(merge_curves(merge, out, overwrite=overwrite), out, as_json)
+        return
+    if data is None:
+        raise LmforgeError("no dataset given", where="--data", fix="e.g. --data movie-reviews")
     extra = {}
     for item in sets or []:
         key, sep, value = item.partition("=")
@@ -696,13 +703,18 @@ def learning_curve_command(
     result = learning_curve(model=model, data=data, out=out, fractions=parse_fractions(fractions), seeds=seeds,
                             first_seed=first_seed, compare=compare, epochs=epochs, min_steps=min_steps, batch_size=batch_size,
                             max_length=max_length, overwrite=overwrite, show_progress=_state["progress"], extra=extra)
+    _print_curve(result, out, as_json)
+
+
+def _print_curve(result: dict, out: Path, as_json: bool) -> None:
     if as_json:
         _echo_json(result)
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{model} on {data}: test accuracy and macro-F1 by labeled examples (mean ± sd over seeds)")
+    table = Table(title=f"{result['model']} on {result['data']}: test accuracy and macro-F1 by labeled examples "
+                        "(mean ± sd over seeds)")
     for column in ("init", "fraction", "labels", "accuracy", "macro-F1"):
         table.add_column(column, justify="left" if column == "init" else "right")
     for r in result["table"]:

@@ -103,6 +103,50 @@ def learning_curve(*, model: str, data: str, out: Path, fractions: list[float], 
     return result
 
 
+def merge_curves(dirs: list[Path], out: Path, *, overwrite: bool = False) -> dict:
+    """One curve from curves of one model and dataset whose seeds ran apart (``--first-seed``): their points
+    pooled, each (init, seed, fraction) once; ``curve.json`` and ``curve.png`` written to ``out``."""
+    from lmforge.rundir import write_json
+
+    if any(out.resolve() == d.resolve() for d in dirs):
+        raise ConfigError(f"'{out}' is one of the curves being merged", where="--out",
+                          fix="write the merged curve to a folder of its own")
+    if (out / "curve.json").exists() and not overwrite:
+        raise LmforgeError(f"'{out}' already holds a curve", where="--out",
+                           fix="pass --overwrite to replace it, or choose another folder")
+    points: list[dict] = []
+    seconds, model, data = 0.0, None, None
+    for folder in dirs:
+        path = folder / "curve.json"
+        if not path.is_file():
+            raise DataError(f"'{folder}' holds no curve.json", where="--merge",
+                            fix="give folders that lmforge learning-curve wrote")
+        try:
+            curve = json.loads(path.read_text(encoding="utf-8"))
+            found, pooled = (curve["model"], curve["data"]), [dict(p) for p in curve["points"]]
+            seconds += float(curve.get("seconds", 0.0))
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"'{path}' is not a learning curve", where="--merge",
+                            fix="give folders that lmforge learning-curve wrote") from None
+        if model is not None and found != (model, data):
+            raise ConfigError(f"'{path}' is a curve of {found[0]} on {found[1]}, not of {model} on {data}",
+                              where="--merge", fix="merge curves of one model and one dataset")
+        (model, data), points = found, points + pooled
+    seen: set[tuple] = set()
+    for p in points:
+        key = (p["init"], p["seed"], p["fraction"])
+        if key in seen:
+            raise ConfigError(f"seed {key[1]} of fraction {key[2]:g} ({key[0]}) is in more than one of the curves",
+                              where="--merge", fix="merge curves that ran different seeds (--first-seed)")
+        seen.add(key)
+    points.sort(key=lambda p: (p["seed"], p["fraction"], INITS.index(p["init"]) if p["init"] in INITS else 99))
+    result = _summary(model, data, points, time.perf_counter()) | {"seconds": round(seconds, 1)}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "curve.json", result)
+    curve_png(result, out / "curve.png")
+    return result
+
+
 def _summary(model: str, data: str, points: list[dict], started: float) -> dict:
     table = []
     for init in dict.fromkeys(p["init"] for p in points):
