@@ -715,10 +715,11 @@ def _print_curve(result: dict, out: Path, as_json: bool) -> None:
 
     table = Table(title=f"{result['model']} on {result['data']}: test accuracy and macro-F1 by labeled examples "
                         "(mean ± sd over seeds)")
-    for column in ("init", "fraction", "labels", "accuracy", "macro-F1"):
+    for column in ("init", "fraction", "labels", "seeds", "accuracy", "macro-F1"):
         table.add_column(column, justify="left" if column == "init" else "right")
     for r in result["table"]:
-        table.add_row(r["init"], f"{r['fraction']:g}", f"{r['labels']:,}", f"{r['accuracy']:.3f} ± {r['accuracy_std']:.3f}",
+        table.add_row(r["init"], f"{r['fraction']:g}", f"{r['labels']:,}", str(r["seeds"]),
+                      f"{r['accuracy']:.3f} ± {r['accuracy_std']:.3f}",
                       f"{r['macro_f1']:.3f} ± {r['macro_f1_std']:.3f}")
     Console(width=120).print(table)
     typer.echo(f"written: {out / 'curve.json'}, {out / 'curve.png'}")
