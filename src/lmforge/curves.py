@@ -168,6 +168,7 @@ def curve_png(result: dict, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, metric in zip(axes, ("accuracy", "macro_f1")):
@@ -181,6 +182,9 @@ def curve_png(result: dict, path: Path) -> Path:
             ax.plot(x, y, marker="o", color=color, label=init)
             ax.fill_between(x, y - spread, y + spread, color=color, alpha=0.15)
         ax.set_xscale("log")
+        counts = sorted({r["labels"] for r in result["table"]})
+        ax.xaxis.set_minor_formatter(NullFormatter())  # the label counts are the ticks, not 2x10^2, 3x10^2, ...
+        ax.set_xticks(counts, [f"{n:,}" for n in counts], fontsize=8)
         ax.set_xlabel("labeled training examples")
         ax.set_ylabel(metric.replace("_", "-"))
         ax.grid(alpha=0.3)
