@@ -187,3 +187,29 @@ def test_a_bundled_datasets_recipe_applies_unless_the_user_chose_a_strategy(monk
     monkeypatch.setitem(registry.BUNDLED, "spam", spam)
     assert with_dataset_recipe(build()).max_length == 256
     assert with_dataset_recipe(build(max_length=128)).max_length == 128
+
+
+def test_the_recipe_reaches_the_training_loop(monkeypatch, tiny_bert_dir, tmp_path):
+    """Not only the config: the loop trains for the recipe's epochs at its window, and the run dir records them (the
+    recipe once reached the run's lmforge.yaml while the loop still ran the default 3 epochs)."""
+    import dataclasses
+
+    import yaml
+
+    from lmforge.data import registry
+    from lmforge.tasks.classify import FinetuneClassifyConfig, finetune_classify
+
+    recipe = {"long_inputs": {"strategy": "windows", "training": "windows"}, "epochs": 0.02, "max_length": 16,
+              "why": "a test"}
+    monkeypatch.setitem(registry.BUNDLED, "movie-reviews",
+                        dataclasses.replace(registry.BUNDLED["movie-reviews"], recipe=recipe))
+    out = tmp_path / "run"
+    summary = finetune_classify(FinetuneClassifyConfig.model_validate({
+        "model": str(tiny_bert_dir), "data": "movie-reviews", "out": str(out),
+        "train": {"batch_size": 32, "threads": 1}}), show_progress=False)
+    assert summary["epochs"] == pytest.approx(0.02, abs=0.002), summary  # the default would be 3 epochs
+    windows = 0.02 * 8033 * 2 / 32  # 8,033 reviews, at least two 16-token windows each on average
+    assert windows < summary["steps"] < 3 * windows, summary
+    recorded = yaml.safe_load((out / "lmforge.yaml").read_text())["config"]
+    assert recorded["train"]["epochs"] == 0.02 and recorded["max_length"] == 16
+    assert recorded["long_inputs"]["strategy"] == "windows"

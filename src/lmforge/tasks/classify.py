@@ -222,7 +222,6 @@ def prepare_classify(config: FinetuneClassifyConfig):
     from lmforge.training.objectives import PooledClassifier
 
     resolve_model_path(config.model)  # a bad model spec fails before the data is read
-    config = with_dataset_recipe(config)
     positions = getattr(load_config(config.model), "max_position_embeddings", None)
     if positions and config.max_length > positions:
         raise ConfigError(f"max_length {config.max_length} is more than {config.model} reads at once ({positions} "
@@ -285,7 +284,8 @@ def prepare_classify(config: FinetuneClassifyConfig):
 
 
 finetune_classify = training_stage(
-    prepare_classify, "Fine-tune a classifier; returns a summary (run dir, steps, dev metrics of the kept model).")
+    prepare_classify, "Fine-tune a classifier; returns a summary (run dir, steps, dev metrics of the kept model).",
+    resolve=with_dataset_recipe)  # before the loop reads config.train: the recipe's epochs must reach it
 
 
 def evaluate_classify(run: RunDir, info: dict, options: EvalOptions) -> dict:

@@ -22,15 +22,18 @@ log = logging.getLogger("lmforge")
 Prepare = Callable[[Any], "tuple[TaskSpec, RunDir, dict]"]
 
 
-def run_training(prepare: Prepare, config: Any, show_progress: bool = True, started: float | None = None) -> dict:
+def run_training(prepare: Prepare, config: Any, show_progress: bool = True, started: float | None = None,
+                 resolve: Callable[[Any], Any] | None = None) -> dict:
     """Prepare a task and train it within the config's budget, which counts from ``started`` (a
     ``time.monotonic()`` value; the command line passes its own start) or from now, set-up included; draw the loss
-    curve; return the run summary."""
+    curve; return the run summary. ``resolve`` completes the user's config first (a dataset's recipe), so the run
+    dir records and the loop trains with one and the same config."""
     from lmforge import dist
     from lmforge.rundir import check_output_dir
     from lmforge.training.loop import train
 
     started = time.monotonic() if started is None else started
+    config = resolve(config) if resolve is not None else config
     check_output_dir(config.out, overwrite=config.overwrite, resume=config.resume)  # refuse before any work
     spec, run, extra = prepare(config)
     result = train(spec, config.train, run, resume=config.resume, show_progress=show_progress, started=started)
@@ -43,11 +46,11 @@ def run_training(prepare: Prepare, config: Any, show_progress: bool = True, star
     return summary(run, result, time.monotonic() - started, **extra)
 
 
-def training_stage(prepare: Prepare, doc: str) -> Callable[..., dict]:
+def training_stage(prepare: Prepare, doc: str, resolve: Callable[[Any], Any] | None = None) -> Callable[..., dict]:
     """A task's stage function: ``stage(config, *, show_progress=True, started=None) -> run summary``."""
 
     def stage(config: Any, *, show_progress: bool = True, started: float | None = None) -> dict:
-        return run_training(prepare, config, show_progress, started)
+        return run_training(prepare, config, show_progress, started, resolve)
 
     stage.__doc__ = doc
     return stage
