@@ -89,8 +89,10 @@ def test_merge_pools_seeds_run_apart_and_refuses_what_does_not_belong(cli, tmp_p
     again = cli("learning-curve", "--merge", a, "--merge", b, "--out", tmp_path / "ab")
     assert again.code == 2 and "--overwrite" in again.err
     other = _curve_dir(tmp_path, "other", "runs/bert-tiny", [_point("pretrained", 3, 0.3)])
+    broken = _curve_dir(tmp_path, "broken", "minilm", [{"init": "pretrained", "accuracy": 0.9}])
     for dirs, fragment in [([a, a], "seed 0 of fraction 0.1 (pretrained) is in more than one"),
                            ([a, other], "bert-tiny on movie-reviews, not of minilm"),
+                           ([a, broken], "is not a learning curve"),
                            ([a, tmp_path / "nothing"], "holds no curve.json")]:
         bad = cli("learning-curve", *[x for d in dirs for x in ("--merge", d)], "--out", tmp_path / "bad")
         assert bad.code == 2 and fragment in bad.err, bad.err

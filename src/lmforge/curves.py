@@ -21,6 +21,7 @@ from lmforge.data.labeled import TextLabelData, load_text_label
 from lmforge.errors import ConfigError, DataError, LmforgeError
 
 INITS = ("pretrained", "random-init")
+POINT_FIELDS = {"init", "seed", "fraction", "labels", "accuracy", "macro_f1"}  # what a curve.json point holds
 
 
 def nested_subsets(labels: list[str], fractions: list[float], seed: int) -> dict[float, list[int]]:
@@ -46,8 +47,8 @@ def parse_fractions(text: str) -> list[float]:
 
 
 def learning_curve(*, model: str, data: str, out: Path, fractions: list[float], seeds: int = 1,
-                   first_seed: int = 0, compare: list[str] | None = None, epochs: float = 3.0, min_steps: int = 100, batch_size: int = 32,
-                   max_length: int = 128, overwrite: bool = False, show_progress: bool = True,
+                   first_seed: int = 0, compare: list[str] | None = None, epochs: float = 3.0, min_steps: int = 100,
+                   batch_size: int = 32, max_length: int = 128, overwrite: bool = False, show_progress: bool = True,
                    extra: dict | None = None) -> dict:
     from lmforge.data.registry import lookup, split_spec
     from lmforge.rundir import write_json
@@ -125,6 +126,8 @@ def merge_curves(dirs: list[Path], out: Path, *, overwrite: bool = False) -> dic
             curve = json.loads(path.read_text(encoding="utf-8"))
             found, pooled = (curve["model"], curve["data"]), [dict(p) for p in curve["points"]]
             seconds += float(curve.get("seconds", 0.0))
+            if not all(POINT_FIELDS <= p.keys() for p in pooled):
+                raise KeyError("point")
         except (ValueError, KeyError, TypeError):
             raise DataError(f"'{path}' is not a learning curve", where="--merge",
                             fix="give folders that lmforge learning-curve wrote") from None
