@@ -24,11 +24,16 @@ def test_subsets_are_nested_stratified_and_deterministic():
         assert sum(labels[i] == "b" for i in rows) == max(1, math.ceil(f * 10))
 
 
+def _tiny_curve(cli, tiny_bert_dir, out, *args):
+    """A curve of the tiny BERT on wordnet-topics at a few steps a point, its curve.json printed."""
+    return cli("learning-curve", "--model", tiny_bert_dir, "--data", "wordnet-topics", "--out", out, "--epochs", "0.1",
+               "--max-length", "32", "--set", "threads=1", "--json", *args)
+
+
 def test_a_small_curve_against_random_init(cli, tiny_bert_dir, tmp_path):
     out = tmp_path / "curve"
-    result = cli("learning-curve", "--model", tiny_bert_dir, "--data", "wordnet-topics", "--out", out,
-                 "--fractions", "0.002,0.004", "--compare", "random-init", "--min-steps", "3", "--epochs", "0.1",
-                 "--max-length", "32", "--set", "threads=1", "--json")
+    result = _tiny_curve(cli, tiny_bert_dir, out, "--fractions", "0.002,0.004", "--compare", "random-init",
+                         "--min-steps", "3")
     assert result.code == 0, result.text
     curve = json.loads(result.out)
     assert [(r["init"], r["fraction"]) for r in curve["table"]] == [
@@ -48,9 +53,7 @@ def test_first_seed_runs_the_seeds_a_full_curve_would(cli, tiny_bert_dir, tmp_pa
     from lmforge.data.labeled import load_text_label
 
     out = tmp_path / "curve"
-    result = cli("learning-curve", "--model", tiny_bert_dir, "--data", "wordnet-topics", "--out", out,
-                 "--fractions", "0.002", "--first-seed", "1", "--min-steps", "2", "--epochs", "0.1",
-                 "--max-length", "32", "--set", "threads=1", "--json")
+    result = _tiny_curve(cli, tiny_bert_dir, out, "--fractions", "0.002", "--first-seed", "1", "--min-steps", "2")
     assert result.code == 0, result.text
     assert [(p["seed"], p["init"]) for p in json.loads(result.out)["points"]] == [(1, "pretrained")]
     train = load_text_label("wordnet-topics")

@@ -702,7 +702,8 @@ def learning_curve_command(
         extra[key.removeprefix("train.")] = yaml_value(value)
     result = learning_curve(model=model, data=data, out=out, fractions=parse_fractions(fractions), seeds=seeds,
                             first_seed=first_seed, compare=compare, epochs=epochs, min_steps=min_steps,
-                            batch_size=batch_size, max_length=max_length, overwrite=overwrite, show_progress=_state["progress"], extra=extra)
+                            batch_size=batch_size, max_length=max_length, overwrite=overwrite,
+                            show_progress=_state["progress"], extra=extra)
     _print_curve(result, out, as_json)
 
 

@@ -97,8 +97,8 @@ def learning_curve(*, model: str, data: str, out: Path, fractions: list[float], 
                 scores = evaluate_run(run, f"{name}:test")
                 points.append({"init": init, "seed": seed, "fraction": fraction, "labels": len(rows),
                                "steps": steps, "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]})
-                write_json(out / "curve.json", _summary(model, data, points, started))
-    result = _summary(model, data, points, started)
+                write_json(out / "curve.json", _summary(model, data, points, time.perf_counter() - started))
+    result = _summary(model, data, points, time.perf_counter() - started)
     write_json(out / "curve.json", result)
     curve_png(result, out / "curve.png")
     return result
@@ -143,14 +143,14 @@ def merge_curves(dirs: list[Path], out: Path, *, overwrite: bool = False) -> dic
                               where="--merge", fix="merge curves that ran different seeds (--first-seed)")
         seen.add(key)
     points.sort(key=lambda p: (p["seed"], p["fraction"], INITS.index(p["init"]) if p["init"] in INITS else 99))
-    result = _summary(model, data, points, time.perf_counter()) | {"seconds": round(seconds, 1)}
+    result = _summary(model, data, points, seconds)  # the time the pooled curves took, not the merge's
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "curve.json", result)
     curve_png(result, out / "curve.png")
     return result
 
 
-def _summary(model: str, data: str, points: list[dict], started: float) -> dict:
+def _summary(model: str, data: str, points: list[dict], seconds: float) -> dict:
     table = []
     for init in dict.fromkeys(p["init"] for p in points):
         for labels in sorted({p["labels"] for p in points if p["init"] == init}):
@@ -162,7 +162,7 @@ def _summary(model: str, data: str, points: list[dict], started: float) -> dict:
                 row[metric] = float(values.mean())
                 row[f"{metric}_std"] = float(values.std())
             table.append(row)
-    return {"model": model, "data": data, "seconds": round(time.perf_counter() - started, 1), "table": table,
+    return {"model": model, "data": data, "seconds": round(seconds, 1), "table": table,
             "points": points}
 
 
