@@ -249,6 +249,9 @@ def kb_build(
     model: Annotated[str, typer.Option("--model", metavar="MODEL", help="sentence-embedding encoder (new KBs)")] = "minilm",
     max_length: Annotated[int, typer.Option("--max-length", min=16, max=512, metavar="N",
                                             help="tokens of each passage embedded (new KBs; BM25 reads all of it)")] = 128,
+    precision: Annotated[str, typer.Option("--precision", metavar="P", help="int8: the encoder's matrix products in "
+                                           "int8 on the CPU, ~1.35x faster, same retrieval (README); float32: exact "
+                                           "(new KBs)")] = "int8",
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Build a knowledge base (or add documents to one): passages in SQLite with a BM25 full-text index, and their
@@ -256,13 +259,14 @@ def kb_build(
     from lmforge.kb import KnowledgeBase, check_docs
 
     check_docs(docs)
-    result = KnowledgeBase.build(out, docs, model=model, max_length=max_length, show_progress=_state["progress"])
+    result = KnowledgeBase.build(out, docs, model=model, max_length=max_length, precision=precision,
+                                 show_progress=_state["progress"])
     if as_json:
         _echo_json(result)
         return
     typer.echo(f"{result['kb']}: {result['added']:,} passages added ({result['skipped']:,} already there), "
                f"{result['passages']:,} in all, {result['size_mb']} MB; {result['seconds']} s "
-               f"(embedding {result['embed_s']} s)")
+               f"(embedding {result['embed_s']} s, {result['precision']})")
 
 
 def _open_kb(folder: Path):

@@ -72,6 +72,35 @@ def test_the_lean_sentence_vectors_equal_mean_pooled_transformers_ones():
                        atol=1e-5)
 
 
+def test_int8_vectors_find_their_own_float32_passage_and_barely_depend_on_their_batch():
+    from lmforge.kb.embed import SentenceEmbedder
+
+    rows = read_jsonl_gz(BUNDLED / "python-docs-kb" / "python_docs_kb.jsonl.gz", 600)[::12]
+    texts = [f"{r['title']}\n{r['text']}" for r in rows]  # 50 passages, short ones and ones cut at 128 tokens
+    exact = SentenceEmbedder("minilm", max_length=128).embed(texts)
+    int8 = SentenceEmbedder("minilm", max_length=128, precision="int8")
+    assert int8.precision == "int8"
+    fast = int8.embed(texts, batch_size=16)
+    agreement = (fast * exact).sum(1)
+    assert agreement.min() > 0.97 and agreement.mean() > 0.985 and agreement.max() < 0.9999  # close, not float32
+    assert list((fast @ exact.T).argmax(1)) == list(range(len(texts)))  # each one's nearest is itself
+    alone = np.stack([int8.embed([t])[0] for t in texts[:10]])
+    assert ((alone * fast[:10]).sum(1) > 0.99).all()
+
+
+def test_a_kb_embeds_its_questions_as_it_embedded_its_passages(passages, tmp_path, monkeypatch):
+    from lmforge.inference import encoder
+    from lmforge.kb import KnowledgeBase
+
+    path = passages[0]
+    assert KnowledgeBase.build(tmp_path / "a", [str(path)], show_progress=False)["precision"] == "int8"
+    assert json.loads((tmp_path / "a" / "kb.json").read_text())["precision"] == "int8"
+    assert KnowledgeBase.open(tmp_path / "a").embedder.precision == "int8"
+    monkeypatch.setattr(encoder, "pack_int8", lambda weights, names: None)  # a PyTorch without int8 kernels
+    assert KnowledgeBase.build(tmp_path / "b", [str(path)], show_progress=False)["precision"] == "float32"
+    assert KnowledgeBase.open(tmp_path / "b").embedder.precision == "float32"
+
+
 def test_building_again_adds_only_new_passages_and_keeps_the_old_vectors(passages, tmp_path):
     from lmforge.kb import KnowledgeBase
 
@@ -271,6 +300,9 @@ def test_bad_input_exits_2_with_the_file_and_line(cli, tmp_path, passages):
     assert result.code == 2 and "not a knowledge base" in result.err and (taken / "notes.txt").read_text() == "mine"
     result = cli("kb", "search", tmp_path / "nowhere", "q", "--mode", "fuzzy")
     assert result.code == 2
+    result = cli("kb", "build", "--docs", passages[0], "--out", tmp_path / "kb16", "--precision", "fp16")
+    assert result.code == 2 and "--precision" in result.err and "int8, float32" in result.err
+    assert not (tmp_path / "kb16").exists()
 
 
 def test_served_search_and_ask_with_a_streamed_answer(kb_dir, passages, chat_run, tiny_bert_dir):

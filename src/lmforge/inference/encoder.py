@@ -33,10 +33,52 @@ def supports(model_dir: Path, *, classifier: bool = True) -> bool:
     )
 
 
-class LeanBert:
-    """``hidden_states(input_ids, attention_mask) -> [B, T, H]`` with the folder's weights; eval mode (no dropout)."""
+def pack_int8(weights: dict[str, torch.Tensor], names: list[str]) -> dict[str, tuple[object, int]] | None:
+    """The linear layers ``names`` (``NAME.weight``/``NAME.bias`` in ``weights``) as int8 weights, one scale per output
+    channel, packed for PyTorch's CPU int8 kernels (fbgemm, or qnnpack on ARM): ``{name: (packed, out_features)}``.
+    Weights use 7 bits (±63) so that activations can use all 8: AVX2 multiplies unsigned 8-bit activations by signed
+    8-bit weights and adds pairs in 16 bits, and 2·255·63 stays under 32,767 where 2·255·127 would saturate. (The
+    usual alternative, 7-bit activations, moved minilm's sentence vectors three times as far from float32.)
+    None where this PyTorch has no such kernels (a build without them, a future release that drops its quantized
+    tensors), so callers stay in float32."""
+    import warnings
 
-    def __init__(self, model_dir: Path, device: torch.device) -> None:
+    packed = {}
+    try:
+        with warnings.catch_warnings():  # quantized tensors are deprecated upstream; their ops still run
+            warnings.simplefilter("ignore")
+            for name in names:
+                weight = weights[f"{name}.weight"].float()
+                scales = (weight.abs().amax(1) / 63).clamp(min=1e-8).double()
+                zeros = torch.zeros(weight.shape[0], dtype=torch.long)
+                quantized = torch.quantize_per_channel(weight, scales, zeros, 0, torch.qint8)
+                bias = weights.get(f"{name}.bias")
+                layer = torch.ops.quantized.linear_prepack(quantized, None if bias is None else bias.float())
+                torch.ops.quantized.linear_dynamic(torch.zeros(1, weight.shape[1]), layer, False)  # runs here?
+                packed[name] = (layer, weight.shape[0])
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return None
+    return packed or None
+
+
+def int8_linear(x: torch.Tensor, packed: tuple[object, int], lengths: list[int]) -> torch.Tensor:
+    """``x [B, T, in] -> [B, T, out]`` through an int8 layer of :func:`pack_int8`, one sequence at a time over its
+    real tokens only: each sequence's activations get their own 8-bit scale, never
+    one set by the texts it is batched with or by padding; padding positions stay 0 (never attended to or pooled)."""
+    layer, width = packed
+    out = x.new_zeros(*x.shape[:-1], width)
+    for i, n in enumerate(lengths):
+        out[i, :n] = torch.ops.quantized.linear_dynamic(x[i, :n].contiguous(), layer, False)
+    return out
+
+
+class LeanBert:
+    """``hidden_states(input_ids, attention_mask) -> [B, T, H]`` with the folder's weights; eval mode (no dropout).
+    With ``int8``, the encoder layers' matrix products run in int8 on the CPU where PyTorch has the kernels (the
+    products 1.6x faster on AVX2, sentence embedding 1.35x; vectors at cosine ~0.994 to float32, retrieval the same:
+    README); :attr:`precision` says which ran."""
+
+    def __init__(self, model_dir: Path, device: torch.device, *, int8: bool = False) -> None:
         from safetensors.torch import load_file
 
         self.config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
@@ -46,11 +88,20 @@ class LeanBert:
         self.eps = self.config["layer_norm_eps"]
         self.act = ACTIVATIONS[self.config["hidden_act"]]
         self.layers = self.config["num_hidden_layers"]
+        self.int8 = None
+        if int8 and torch.device(device).type == "cpu":
+            names = [f"encoder.layer.{i}.{n}" for i in range(self.layers) for n in (
+                "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+                "intermediate.dense", "output.dense")]
+            self.int8 = pack_int8(self.w, names)
+        self.precision = "int8" if self.int8 else "float32"
 
     def _norm(self, x: torch.Tensor, name: str) -> torch.Tensor:
         return F.layer_norm(x, x.shape[-1:], self.w[f"{name}.weight"], self.w[f"{name}.bias"], self.eps)
 
-    def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
+    def _linear(self, x: torch.Tensor, name: str, lengths: list[int] | None = None) -> torch.Tensor:
+        if lengths is not None and self.int8:
+            return int8_linear(x, self.int8[name], lengths)
         return F.linear(x, self.w[f"{name}.weight"], self.w[f"{name}.bias"])
 
     @torch.inference_mode()
@@ -64,14 +115,16 @@ class LeanBert:
         hidden = x.shape[-1]
         head_dim = hidden // self.heads
         keep = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, T]: padding is never attended to
+        lengths = attention_mask.sum(1).tolist() if self.int8 else None  # real tokens come first (right padding)
         for i in range(self.layers):
             p = f"encoder.layer.{i}"
-            q, k, v = (self._linear(x, f"{p}.attention.self.{n}").view(batch, width, self.heads, head_dim)
+            q, k, v = (self._linear(x, f"{p}.attention.self.{n}", lengths).view(batch, width, self.heads, head_dim)
                        .transpose(1, 2) for n in ("query", "key", "value"))  # each [B, heads, T, D]
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=keep).transpose(1, 2).reshape(batch, width, hidden)
-            x = self._norm(self._linear(a, f"{p}.attention.output.dense") + x, f"{p}.attention.output.LayerNorm")
-            h = self.act(self._linear(x, f"{p}.intermediate.dense"))
-            x = self._norm(self._linear(h, f"{p}.output.dense") + x, f"{p}.output.LayerNorm")
+            x = self._norm(self._linear(a, f"{p}.attention.output.dense", lengths) + x,
+                           f"{p}.attention.output.LayerNorm")
+            h = self.act(self._linear(x, f"{p}.intermediate.dense", lengths))
+            x = self._norm(self._linear(h, f"{p}.output.dense", lengths) + x, f"{p}.output.LayerNorm")
         return x
 
 

@@ -25,6 +25,7 @@ log = logging.getLogger("lmforge")
 
 Mode = Literal["bm25", "dense", "hybrid"]
 MODES = ("bm25", "dense", "hybrid")
+PRECISIONS = ("int8", "float32")
 RRF_K = 60  # reciprocal-rank fusion's constant (Cormack et al. 2009): fused score = sum of 1 / (60 + rank)
 EMBED_MAX_LENGTH = 128  # tokens of each passage embedded (its title and first ~100 words; BM25 reads all of it)
 
@@ -40,6 +41,12 @@ class Hit:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def kb_precision(meta: dict) -> str:
+    """How a KB's vectors were computed: ``int8`` or ``float32`` (KBs from before the setting: float32). Questions are
+    embedded the same way, so both sides of a comparison come from one model."""
+    return meta.get("precision", "float32")
 
 
 def read_passages(spec: str) -> list[Passage]:
@@ -83,12 +90,15 @@ class KnowledgeBase:
 
     @classmethod
     def build(cls, folder: str | Path, docs: list[str], *, model: str = "minilm",
-              max_length: int = EMBED_MAX_LENGTH, show_progress: bool = True) -> dict:
+              max_length: int = EMBED_MAX_LENGTH, precision: str = "int8", show_progress: bool = True) -> dict:
         """Add the passages of ``docs`` to the KB at ``folder`` (made if missing); passages whose id it already
         holds are skipped, so only new ones are embedded. Returns counts and timings."""
         from lmforge.kb.embed import SentenceEmbedder
 
         started = time.perf_counter()
+        if precision not in PRECISIONS:
+            raise LmforgeError(f"unknown precision '{precision}'", where="--precision",
+                               fix=f"use one of {', '.join(PRECISIONS)}")
         folder = Path(folder)
         if folder.exists() and not is_kb(folder) and any(folder.iterdir()):
             raise LmforgeError(f"'{folder}' exists and is not a knowledge base", where="--out",
@@ -96,14 +106,15 @@ class KnowledgeBase:
         passages = [p for spec in docs for p in read_passages(spec)]
         if is_kb(folder):
             kb = cls.open(folder)
-            if max_length != kb.meta["max_length"] or model != kb.meta["model"]:
-                log.info("adding with the KB's own embedding settings (%s, %d tokens)", kb.meta["model"],
-                         kb.meta["max_length"])
+            if (max_length, model, precision) != (kb.meta["max_length"], kb.meta["model"], kb_precision(kb.meta)):
+                log.info("adding with the KB's own embedding settings (%s, %d tokens, %s)", kb.meta["model"],
+                         kb.meta["max_length"], kb_precision(kb.meta))
         else:
-            embedder = SentenceEmbedder(model, max_length=max_length)
+            embedder = SentenceEmbedder(model, max_length=max_length, precision=precision)
             folder.mkdir(parents=True, exist_ok=True)
             meta = {"format": 1, "model": model, "dim": embedder.dim, "max_length": embedder.max_length,
-                    "pooling": "mean, normalized", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                    "precision": embedder.precision, "pooling": "mean, normalized",
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             (folder / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
             kb = cls(folder, meta, embedder)
         seen: set[str] = set()
@@ -116,6 +127,7 @@ class KnowledgeBase:
         new = [p for p in fresh if p.id not in known]
         embed_s = kb._add(new, show_progress)
         result = {"kb": str(folder), "read": len(passages), "added": len(new), "skipped": len(passages) - len(new),
+                  "precision": kb_precision(kb.meta),
                   "passages": kb.store.count, "embed_s": round(embed_s, 1),
                   "seconds": round(time.perf_counter() - started, 1), "size_mb": round(kb.size_bytes() / 1e6, 1)}
         kb.close()
@@ -145,7 +157,11 @@ class KnowledgeBase:
         if self._embedder is None:
             from lmforge.kb.embed import SentenceEmbedder
 
-            self._embedder = SentenceEmbedder(self.meta["model"], max_length=int(self.meta["max_length"]))
+            self._embedder = SentenceEmbedder(self.meta["model"], max_length=int(self.meta["max_length"]),
+                                              precision=kb_precision(self.meta))
+            if self._embedder.precision != kb_precision(self.meta):
+                log.warning("this PyTorch has no int8 CPU kernels: questions are embedded in float32, the KB's "
+                            "passages were in int8 (rankings may move slightly)")
         return self._embedder
 
     def size_bytes(self) -> int:

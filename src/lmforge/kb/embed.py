@@ -15,9 +15,11 @@ from lmforge.data.batching import pad_batch, sorted_batches
 
 class SentenceEmbedder:
     """``embed(texts) -> float32 [N, dim]``, unit length. Texts are cut to ``max_length`` tokens (default: the
-    model's sentence-transformers setting, else 256)."""
+    model's sentence-transformers setting, else 256). ``precision="int8"`` runs a BERT's layers in int8 on the CPU
+    where PyTorch can (:class:`lmforge.inference.encoder.LeanBert`); :attr:`precision` says what runs."""
 
-    def __init__(self, model: str | Path = "minilm", *, max_length: int | None = None, device: str | None = None):
+    def __init__(self, model: str | Path = "minilm", *, max_length: int | None = None, device: str | None = None,
+                 precision: str = "float32"):
         from lmforge.inference import encoder
         from lmforge.models import resolve_model_path
 
@@ -27,7 +29,9 @@ class SentenceEmbedder:
         settings = self.path / "sentence_bert_config.json"
         configured = json.loads(settings.read_text(encoding="utf-8")).get("max_seq_length") if settings.exists() else None
         if encoder.supports(self.path, classifier=False):
-            net, tok = encoder.LeanBert(self.path, self.device), encoder.FastTokenizer(self.path)
+            net = encoder.LeanBert(self.path, self.device, int8=precision == "int8")
+            tok = encoder.FastTokenizer(self.path)
+            self.precision = net.precision
             self._hidden, self._encode, self.pad_id = net.hidden_states, tok.encode, tok.pad_token_id or 0
             self.dim, limit = int(net.config["hidden_size"]), int(net.config["max_position_embeddings"])
         else:
@@ -40,6 +44,7 @@ class SentenceEmbedder:
             self._hidden = lambda ids, mask: net(input_ids=ids, attention_mask=mask).last_hidden_state
             self._encode = lambda texts, n: tokenizer(texts, truncation=True, max_length=n)["input_ids"]
             self.pad_id = tokenizer.pad_token_id or 0
+            self.precision = "float32"
             self.dim, limit = int(net.config.hidden_size), int(getattr(net.config, "max_position_embeddings", 512))
         self.max_length = min(int(max_length or configured or 256), limit)
 

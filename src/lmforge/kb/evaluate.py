@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from lmforge.data.readers import Problems, read_records, resolve
-from lmforge.kb import MODES, KnowledgeBase
+from lmforge.kb import MODES, KnowledgeBase, kb_precision
 from lmforge.kb.store import DB, META, VECTORS, Passage, read_meta
 
 KS = (1, 5, 10)
@@ -72,4 +72,4 @@ def evaluate_kb(folder: str | Path, data: str = "python-faq", *, question_field:
         kb.close()
     return {"run": str(folder), "task": "kb", "data": data, "n": len(pairs), "passages": passages,
             "answers_added": added, "embed_answers_s": round(add_s, 1), "model": meta["model"],
-            "embed_max_length": meta["max_length"], "modes": modes}
+            "embed_max_length": meta["max_length"], "embed_precision": kb_precision(meta), "modes": modes}
