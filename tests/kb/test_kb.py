@@ -314,6 +314,8 @@ def test_served_search_and_ask_with_a_streamed_answer(kb_dir, passages, chat_run
     rows = passages[1]
     app = create_app([f"chat={chat_run}"], ServeSettings(kb=kb_dir), load_in_background=False)
     with TestClient(app) as client:
+        info = client.get("/v1/kb").json()
+        assert (info["passages"], info["model"], info["precision"]) == (30, "minilm", "int8")
         found = client.post("/v1/kb/search", json={"query": own_sentence(rows[4]["text"]), "k": 3, "mode": "bm25"})
         assert found.status_code == 200 and found.json()["hits"][0]["id"] == rows[4]["id"]
         assert len(found.json()["hits"]) == 3

@@ -116,14 +116,17 @@ class KbInfo(BaseModel):
     passages: int
     model: str = Field(description="the sentence encoder its vectors come from")
     max_length: int = Field(description="tokens of each passage embedded")
+    precision: str = Field(description="how its vectors (and the questions') are computed: int8 or float32")
     size_mb: float
 
 
 @router.get("", response_model=KbInfo, summary="The knowledge base this server answers from")
 async def info(registry: Registry) -> dict:
+    from lmforge.kb import kb_precision
+
     kb = _kb(registry)
     return {"passages": kb.store.count, "model": kb.meta["model"], "max_length": kb.meta["max_length"],
-            "size_mb": round(kb.size_bytes() / 1e6, 1)}
+            "precision": kb_precision(kb.meta), "size_mb": round(kb.size_bytes() / 1e6, 1)}
 
 
 @router.post("/search", response_model=SearchResponse, summary="Search the knowledge base", responses=ERRORS)
