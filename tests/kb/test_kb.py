@@ -73,7 +73,11 @@ def test_the_lean_sentence_vectors_equal_mean_pooled_transformers_ones():
 
 
 def test_int8_vectors_find_their_own_float32_passage_and_barely_depend_on_their_batch():
+    import torch
+
+    from lmforge.inference.encoder import LeanBert
     from lmforge.kb.embed import SentenceEmbedder
+    from lmforge.models import resolve_model_path
 
     rows = read_jsonl_gz(BUNDLED / "python-docs-kb" / "python_docs_kb.jsonl.gz", 600)[::12]
     texts = [f"{r['title']}\n{r['text']}" for r in rows]  # 50 passages, short ones and ones cut at 128 tokens
@@ -86,6 +90,9 @@ def test_int8_vectors_find_their_own_float32_passage_and_barely_depend_on_their_
     assert list((fast @ exact.T).argmax(1)) == list(range(len(texts)))  # each one's nearest is itself
     alone = np.stack([int8.embed([t])[0] for t in texts[:10]])
     assert ((alone * fast[:10]).sum(1) > 0.99).all()
+    net = LeanBert(resolve_model_path("minilm"), torch.device("cpu"), int8=True)
+    with pytest.raises(ValueError, match="right-padded"):  # its products run over each text's first tokens
+        net.hidden_states(torch.tensor([[0, 101, 2023, 102]]), torch.tensor([[0, 1, 1, 1]]))
 
 
 def test_a_kb_embeds_its_questions_as_it_embedded_its_passages(passages, tmp_path, monkeypatch):

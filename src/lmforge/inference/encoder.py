@@ -63,8 +63,8 @@ def pack_int8(weights: dict[str, torch.Tensor], names: list[str]) -> dict[str, t
 
 def int8_linear(x: torch.Tensor, packed: tuple[object, int], lengths: list[int]) -> torch.Tensor:
     """``x [B, T, in] -> [B, T, out]`` through an int8 layer of :func:`pack_int8`, one sequence at a time over its
-    real tokens only: each sequence's activations get their own 8-bit scale, never
-    one set by the texts it is batched with or by padding; padding positions stay 0 (never attended to or pooled)."""
+    real tokens only: each sequence's activations get their own 8-bit scale, never one set by the texts it is batched
+    with or by padding; padding positions stay 0 (never attended to or pooled)."""
     layer, width = packed
     out = x.new_zeros(*x.shape[:-1], width)
     for i, n in enumerate(lengths):
@@ -115,7 +115,11 @@ class LeanBert:
         hidden = x.shape[-1]
         head_dim = hidden // self.heads
         keep = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, T]: padding is never attended to
-        lengths = attention_mask.sum(1).tolist() if self.int8 else None  # real tokens come first (right padding)
+        lengths = None
+        if self.int8:  # the int8 products run over each sequence's real tokens, which come first
+            if bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
+                raise ValueError("int8 LeanBert needs right-padded batches (real tokens first)")
+            lengths = attention_mask.sum(1).tolist()
         for i in range(self.layers):
             p = f"encoder.layer.{i}"
             q, k, v = (self._linear(x, f"{p}.attention.self.{n}", lengths).view(batch, width, self.heads, head_dim)
