@@ -256,9 +256,11 @@ def kb_build(
 ) -> None:
     """Build a knowledge base (or add documents to one): passages in SQLite with a BM25 full-text index, and their
     sentence vectors (float16, memory-mapped)."""
+    from lmforge.inference.encoder import keep_freed_memory
     from lmforge.kb import KnowledgeBase, check_docs
 
     check_docs(docs)
+    keep_freed_memory()
     result = KnowledgeBase.build(out, docs, model=model, max_length=max_length, precision=precision,
                                  show_progress=_state["progress"])
     if as_json:
