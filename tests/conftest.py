@@ -209,6 +209,29 @@ def tiny_llama_dir(bpe_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_gemma3_dir(bpe_dir, tmp_path_factory) -> Path:
+    """A tiny random Gemma 3 (gemma3's architecture: sliding-window layers of 6 slots between global ones, query/key
+    norms, scaled embeddings, GeGLU) with no chat template, as the embedded base model has none: an HF folder."""
+    import torch
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    tok = AutoTokenizer.from_pretrained(bpe_dir)
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16, sliding_window=6,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"], max_position_embeddings=4096,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    with torch.no_grad():  # a sharper model than the init (norm weights start at 0: scale 1), so greedy is no tie
+        for name, p in model.named_parameters():
+            p.add_(torch.randn_like(p) * 0.5) if "norm" in name else p.mul_(4)
+    out = tmp_path_factory.mktemp("models") / "tiny-gemma3"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_t5_dir(bpe_dir, tmp_path_factory) -> Path:
     """A tiny random T5 (d_model 64, 2+2 layers) with sentinels and a pad token, saved as an HF folder."""
     import torch

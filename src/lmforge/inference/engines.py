@@ -1,0 +1,380 @@
+"""Decode engines behind :class:`lmforge.inference.generation.TextGenerator`: each takes a left-padded batch
+(``prefill``) and then one token per row per ``step``, returning the next-token logits [B, V].
+
+* ``StaticGPT2Engine`` -- our own decode path for GPT-2-architecture models (what ``lmforge pretrain --objective clm``
+  builds): the HF weights are used as they are, the KV cache is preallocated once, and each step is a handful of fused
+  matmuls with no per-step allocation of masks or cache objects. This is where generation speed comes from.
+* ``StaticLlamaEngine`` -- the same for Llama-architecture models (SmolLM2): RoPE, grouped-query attention, RMSNorm,
+  fused projections, and weights in int8 (CPU) or bfloat16 (GPU) unless asked for float32.
+* ``StaticGemma3Engine`` -- the Llama engine's cache for Gemma 3 (the embedded ``gemma3``): sliding-window and global
+  layers, query/key norms, scaled embeddings, GeGLU.
+* ``HFEngine`` -- any other Hugging Face causal LM, through its own ``forward`` with its cache.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class HFEngine:
+    """Any HF causal LM through its own forward and cache."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        import inspect
+
+        self.model = model
+        # transformers renamed past_key_values to cache (5.2x); the GPU image's 5.17 still has the old name
+        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def _cache_of(self, out):
+        return getattr(out, "cache", None) if self.cache_arg == "cache" else out.past_key_values
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, max_total: int) -> torch.Tensor:
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        self.cache, self.mask, self.position = self._cache_of(out), mask, positions[:, -1]
+        return out.logits[:, -1].float()  # [B, V]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
+        self.position = self.position + 1
+        out = self.model(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=self.position[:, None],
+                         use_cache=True, **{self.cache_arg: self.cache})
+        self.cache = self._cache_of(out)
+        return out.logits[:, -1].float()
+
+
+class StaticGPT2Engine:
+    """A lean GPT-2 forward over the HF weights with a preallocated KV cache.
+
+    Cache slots are shared by the batch: prompts are left-padded to the same width, padded slots are masked out, and
+    step n of decoding writes slot ``T + n`` for every row; positions (for the position embedding) are per row.
+    """
+
+    @staticmethod
+    def supports(model: torch.nn.Module) -> bool:
+        config = getattr(model, "config", None)
+        return (
+            type(model).__name__ == "GPT2LMHeadModel"
+            and config.activation_function in ("gelu_new", "gelu_pytorch_tanh")
+            and config.scale_attn_weights
+            and not config.scale_attn_by_inverse_layer_idx
+            and not config.reorder_and_upcast_attn
+        )
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        t = model.transformer
+        self.config = model.config
+        self.heads = model.config.n_head
+        self.eps = model.config.layer_norm_epsilon
+        self.wte, self.wpe = t.wte.weight, t.wpe.weight
+        self.head_weight = model.lm_head.weight
+        self.ln_f = (t.ln_f.weight, t.ln_f.bias)
+        self.layers = [
+            (b.ln_1.weight, b.ln_1.bias, b.attn.c_attn.weight, b.attn.c_attn.bias, b.attn.c_proj.weight,
+             b.attn.c_proj.bias, b.ln_2.weight, b.ln_2.bias, b.mlp.c_fc.weight, b.mlp.c_fc.bias,
+             b.mlp.c_proj.weight, b.mlp.c_proj.bias)
+            for b in t.h
+        ]
+
+    def _run(self, x: torch.Tensor, start: int, attn_mask: torch.Tensor) -> torch.Tensor:
+        """x: [B, T, C] embeddings of the tokens written to slots start..start+T-1; returns hidden [B, T, C]."""
+        batch, width, channels = x.shape
+        head_dim = channels // self.heads
+        end = start + width
+        for i, (g1, b1, w_qkv, b_qkv, w_o, b_o, g2, b2, w_fc, b_fc, w_pr, b_pr) in enumerate(self.layers):
+            h = F.layer_norm(x, (channels,), g1, b1, self.eps)
+            qkv = torch.addmm(b_qkv, h.view(-1, channels), w_qkv).view(batch, width, 3, self.heads, head_dim)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B, H, T, D]
+            self.k[i, :, :, start:end] = k
+            self.v[i, :, :, start:end] = v
+            a = F.scaled_dot_product_attention(q, self.k[i, :, :, :end], self.v[i, :, :, :end], attn_mask=attn_mask)
+            a = a.transpose(1, 2).reshape(-1, channels)  # [B*T, C]
+            x = x + torch.addmm(b_o, a, w_o).view(batch, width, channels)
+            h = F.layer_norm(x, (channels,), g2, b2, self.eps).view(-1, channels)
+            h = F.gelu(torch.addmm(b_fc, h, w_fc), approximate="tanh")
+            x = x + torch.addmm(b_pr, h, w_pr).view(batch, width, channels)
+        return F.layer_norm(x, (channels,), *self.ln_f, self.eps)
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, max_total: int) -> torch.Tensor:
+        batch, width = ids.shape
+        channels = self.wte.shape[1]
+        head_dim = channels // self.heads
+        if max_total > self.wpe.shape[0]:
+            raise ValueError(f"prompt + new tokens ({max_total}) exceed the model's {self.wpe.shape[0]} positions")
+        shape = (len(self.layers), batch, self.heads, max_total, head_dim)
+        self.k = torch.zeros(shape, dtype=self.wte.dtype, device=ids.device)
+        self.v = torch.zeros(shape, dtype=self.wte.dtype, device=ids.device)
+        self.valid = torch.zeros((batch, max_total), dtype=torch.bool, device=ids.device)  # slots a query may see
+        self.valid[:, :width] = mask.bool()
+        self.slot = width
+        self.position = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
+        x = self.wte[ids] + self.wpe[self.position]  # [B, T, C]
+        causal = torch.ones((width, width), dtype=torch.bool, device=ids.device).tril()
+        # pad queries may see themselves, so no attention row is empty (an empty row would give NaNs)
+        allowed = (causal[None] & self.valid[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=ids.device)
+        hidden = self._run(x, 0, allowed[:, None])  # [B, T, C]
+        self.position = self.position[:, -1]
+        return (hidden[:, -1] @ self.head_weight.T).float()  # [B, V]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.position = self.position + 1
+        self.valid[:, self.slot] = True
+        x = (self.wte[tokens] + self.wpe[self.position])[:, None]  # [B, 1, C]
+        hidden = self._run(x, self.slot, self.valid[:, None, None, : self.slot + 1])
+        self.slot += 1
+        return (hidden[:, -1] @ self.head_weight.T).float()
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: int8 weights with bfloat16 activations on a CPU (decoding there reads every weight once per token:
+    a quarter of the bytes of float32), bfloat16 on a GPU."""
+    if precision != "auto":
+        return precision
+    return "bfloat16" if device.type == "cuda" else "int8"
+
+
+class Linear:
+    """``x @ W.T`` with W kept in float32, bfloat16, or int8 (per output channel scales; bfloat16 activations,
+    through PyTorch's int8 weight-only matmul kernel)."""
+
+    def __init__(self, weight: torch.Tensor, precision: str) -> None:
+        self.precision = precision
+        if precision == "int8":
+            scales = weight.float().abs().amax(dim=1).clamp(min=1e-8) / 127  # [N]
+            self.weight = torch.round(weight.float() / scales[:, None]).clamp(-127, 127).to(torch.int8)
+            self.scales = scales.to(torch.bfloat16)
+        else:
+            self.weight = weight.to(torch.float32 if precision == "float32" else torch.bfloat16)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.precision != "int8":
+            return F.linear(x, self.weight)
+        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+        return torch._weight_int8pack_mm(flat, self.weight, self.scales).view(*x.shape[:-1], -1)
+
+
+class StaticLlamaEngine:
+    """A lean Llama forward (RMSNorm, rotary positions, grouped-query attention, SwiGLU, tied or separate head) over
+    the HF weights, with a preallocated KV cache: what SmolLM2 and other Llama-architecture decoders run on.
+
+    The q/k/v and gate/up projections are each fused into one matmul; rotary angles come from the model's own
+    ``inv_freq``. Left-padded batches as in :class:`StaticGPT2Engine`. ``precision`` keeps the weights in float32,
+    bfloat16 or int8 (see :func:`resolve_precision`); norms and rotary positions are computed in float32 either way.
+    """
+
+    @staticmethod
+    def supports(model: torch.nn.Module) -> bool:
+        config = getattr(model, "config", None)
+        rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+        return (
+            type(model).__name__ == "LlamaForCausalLM"
+            and config.hidden_act == "silu"
+            and not getattr(config, "attention_bias", False)
+            and not getattr(config, "mlp_bias", False)
+            and rope.get("rope_type", "default") == "default"
+        )
+
+    def __init__(self, model: torch.nn.Module, precision: str = "auto") -> None:
+        config = model.config
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.eps = config.rms_norm_eps
+        rotary = model.model.rotary_emb
+        self.inv_freq = rotary.inv_freq.float()  # [D/2]
+        self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
+        self.max_positions = config.max_position_embeddings
+        weight = model.model.embed_tokens.weight
+        self.precision = resolve_precision(precision, weight.device)
+        self.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.bfloat16}[self.precision]
+        linear = lambda w: Linear(w.detach(), self.precision)
+        self.embed = weight.detach().to(self.dtype)
+        self.head = linear(model.lm_head.weight)
+        self.final_norm = model.model.norm.weight.detach().float()
+        self.layers = []
+        for layer in model.model.layers:
+            a, m = layer.self_attn, layer.mlp
+            self.layers.append((
+                layer.input_layernorm.weight.detach().float(),
+                linear(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])),  # [(H + 2 kvH) * D, C]
+                linear(a.o_proj.weight),
+                layer.post_attention_layernorm.weight.detach().float(),
+                linear(torch.cat([m.gate_proj.weight, m.up_proj.weight])),  # [2 I, C]
+                linear(m.down_proj.weight),
+            ))
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), x.shape[-1:], weight, self.eps).to(self.dtype)
+
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return (x.float() * cos + rotated.float() * sin).to(self.dtype)
+
+    def _run(self, x: torch.Tensor, positions: torch.Tensor, start: int, attn_mask: torch.Tensor) -> torch.Tensor:
+        """x: [B, T, C] embeddings of the tokens for slots start..start+T-1 at ``positions`` [B, T]."""
+        batch, width = x.shape[:2]
+        heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
+        end = start + width
+        cos, sin = self._rope(positions, self.inv_freq)
+        split = (heads * head_dim, kv_heads * head_dim, kv_heads * head_dim)
+        for i, (w_in, w_qkv, w_o, w_post, w_gate_up, w_down) in enumerate(self.layers):
+            q, k, v = w_qkv(self._norm(x, w_in)).split(split, dim=-1)
+            q = self._rotate(q.view(batch, width, heads, head_dim).transpose(1, 2), cos, sin)  # [B, H, T, D]
+            k = self._rotate(k.view(batch, width, kv_heads, head_dim).transpose(1, 2), cos, sin)  # [B, kvH, T, D]
+            self.k[i, :, :, start:end] = k
+            self.v[i, :, :, start:end] = v.view(batch, width, kv_heads, head_dim).transpose(1, 2)
+            a = F.scaled_dot_product_attention(q, self.k[i, :, :, :end], self.v[i, :, :, :end], attn_mask=attn_mask,
+                                               enable_gqa=True)  # [B, H, T, D]
+            x = x + w_o(a.transpose(1, 2).reshape(batch, width, heads * head_dim))
+            gate, up = w_gate_up(self._norm(x, w_post)).chunk(2, dim=-1)
+            x = x + w_down(F.silu(gate) * up)
+        return self._norm(x, self.final_norm)
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, max_total: int) -> torch.Tensor:
+        batch, width = ids.shape
+        if max_total > self.max_positions:
+            raise ValueError(f"prompt + new tokens ({max_total}) exceed the model's {self.max_positions} positions")
+        shape = (len(self.layers), batch, self.kv_heads, max_total, self.head_dim)
+        self.k = torch.zeros(shape, dtype=self.dtype, device=ids.device)
+        self.v = torch.zeros(shape, dtype=self.dtype, device=ids.device)
+        self.valid = torch.zeros((batch, max_total), dtype=torch.bool, device=ids.device)  # slots a query may see
+        self.valid[:, :width] = mask.bool()
+        self.slot = width
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
+        causal = torch.ones((width, width), dtype=torch.bool, device=ids.device).tril()
+        # pad queries may see themselves, so no attention row is empty (an empty row would give NaNs)
+        allowed = (causal[None] & self.valid[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=ids.device)
+        hidden = self._run(self._embed(ids), positions, 0, allowed[:, None])  # [B, T, C]
+        self.position = positions[:, -1]
+        return self._logits(hidden[:, -1])  # [B, V]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.position = self.position + 1
+        self.valid[:, self.slot] = True
+        hidden = self._run(self._embed(tokens[:, None]), self.position[:, None], self.slot,
+                           self.valid[:, None, None, : self.slot + 1])
+        self.slot += 1
+        return self._logits(hidden[:, -1])
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embed[ids]  # [B, T, C]
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden).float()  # [B, V]
+
+    def _rope(self, positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [B, 1, T, D] of the rotary angles at ``positions`` [B, T]."""
+        freqs = positions[..., None].float() * inv_freq  # [B, T, D/2]
+        angles = torch.cat([freqs, freqs], dim=-1)[:, None]  # [B, 1, T, D]
+        return angles.cos() * self.rope_scale, angles.sin() * self.rope_scale
+
+
+def rope_thetas(config) -> dict[str, float] | None:
+    """Gemma 3's rotary base per attention kind (``sliding_attention``, ``full_attention``), from either config
+    layout (transformers 5.2x: ``rope_parameters`` per layer type; earlier: ``rope_theta`` and
+    ``rope_local_base_freq``); None when a kind scales its positions (not the default rotary type)."""
+    params = getattr(config, "rope_parameters", None) or {}
+    if "sliding_attention" in params:
+        if any(p.get("rope_type", "default") != "default" for p in params.values()):
+            return None
+        return {kind: float(p["rope_theta"]) for kind, p in params.items()}
+    if (getattr(config, "rope_scaling", None) or params.get("rope_type", "default") != "default"):
+        return None
+    return {"full_attention": float(getattr(config, "rope_theta", params.get("rope_theta", 1e6))),
+            "sliding_attention": float(getattr(config, "rope_local_base_freq", 10000.0))}
+
+
+class StaticGemma3Engine(StaticLlamaEngine):
+    """Gemma 3 (the embedded ``gemma3``) on the Llama engine's cache and batching: sliding-window layers (each query
+    sees the last ``sliding_window`` slots) between global ones, each kind with its own rotary base; RMSNorm as
+    ``x * (1 + w)`` before and after both the attention and the feed-forward; query/key norms per head; embeddings
+    scaled by sqrt(hidden); GeGLU (tanh GELU) feed-forward; an optional final logit soft-cap. Text-only
+    (``Gemma3ForCausalLM``)."""
+
+    @staticmethod
+    def supports(model: torch.nn.Module) -> bool:
+        config = getattr(model, "config", None)
+        return (
+            type(model).__name__ == "Gemma3ForCausalLM"
+            and getattr(config, "hidden_activation", None) in ("gelu_pytorch_tanh", "gelu_tanh")
+            and getattr(config, "attn_logit_softcapping", None) is None
+            and not getattr(config, "attention_bias", False)
+            and not getattr(config, "use_bidirectional_attention", False)
+            and rope_thetas(config) is not None
+        )
+
+    def __init__(self, model: torch.nn.Module, precision: str = "auto") -> None:
+        config = model.config
+        self.heads, self.kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.eps = config.rms_norm_eps
+        self.scale = config.query_pre_attn_scalar**-0.5
+        self.window = config.sliding_window
+        self.softcap = getattr(config, "final_logit_softcapping", None)
+        self.max_positions = config.max_position_embeddings
+        self.rope_scale = 1.0
+        dims = torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim
+        self.inv_freqs = {kind: 1.0 / theta**dims for kind, theta in rope_thetas(config).items()}  # [D/2] each
+        weight = model.model.embed_tokens.weight
+        self.precision = resolve_precision(precision, weight.device)
+        self.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.bfloat16}[self.precision]
+        self.embed_scale = torch.tensor(config.hidden_size**0.5, dtype=weight.dtype).item()  # HF rounds it the same
+        linear = lambda w: Linear(w.detach(), self.precision)
+        norm = lambda n: 1.0 + n.weight.detach().float()  # Gemma norms scale by (1 + w)
+        self.embed = weight.detach().to(self.dtype)
+        self.head = linear(model.lm_head.weight)
+        self.final_norm = norm(model.model.norm)
+        kinds = getattr(config, "layer_types", None) or [
+            "full_attention" if (i + 1) % config.sliding_window_pattern == 0 else "sliding_attention"
+            for i in range(config.num_hidden_layers)]
+        self.layers = []
+        for kind, layer in zip(kinds, model.model.layers):
+            a, m = layer.self_attn, layer.mlp
+            self.layers.append((
+                kind == "sliding_attention",
+                norm(layer.input_layernorm),
+                linear(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])),  # [(H + 2 kvH) * D, C]
+                norm(a.q_norm), norm(a.k_norm),
+                linear(a.o_proj.weight),
+                norm(layer.post_attention_layernorm), norm(layer.pre_feedforward_layernorm),
+                linear(torch.cat([m.gate_proj.weight, m.up_proj.weight])),  # [2 I, C]
+                linear(m.down_proj.weight),
+                norm(layer.post_feedforward_layernorm),
+            ))
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return (self.embed[ids].float() * self.embed_scale).to(self.dtype)
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.head(hidden).float()
+        return logits if self.softcap is None else torch.tanh(logits / self.softcap) * self.softcap
+
+    def _run(self, x: torch.Tensor, positions: torch.Tensor, start: int, attn_mask: torch.Tensor) -> torch.Tensor:
+        """As the Llama engine's; a sliding layer's mask also drops the slots ``window`` or more before the query
+        (slots and positions move together within a row, so the band is the same in either)."""
+        batch, width = x.shape[:2]
+        heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
+        end = start + width
+        rope = {kind == "sliding_attention": self._rope(positions, f) for kind, f in self.inv_freqs.items()}
+        queries = torch.arange(start, end, device=x.device)[:, None]  # [T, 1]
+        band = queries - torch.arange(end, device=x.device)[None] < self.window  # [T, S]
+        masks = {False: attn_mask, True: attn_mask & band}
+        split = (heads * head_dim, kv_heads * head_dim, kv_heads * head_dim)
+        for i, (sliding, w_in, w_qkv, w_qn, w_kn, w_o, w_post, w_pre_ff, w_gate_up, w_down, w_post_ff) in \
+                enumerate(self.layers):
+            q, k, v = w_qkv(self._norm(x, w_in)).split(split, dim=-1)
+            cos, sin = rope[sliding]
+            q = self._rotate(self._norm(q.view(batch, width, heads, head_dim), w_qn).transpose(1, 2), cos, sin)
+            k = self._rotate(self._norm(k.view(batch, width, kv_heads, head_dim), w_kn).transpose(1, 2), cos, sin)
+            self.k[i, :, :, start:end] = k  # [B, kvH, T, D]
+            self.v[i, :, :, start:end] = v.view(batch, width, kv_heads, head_dim).transpose(1, 2)
+            a = F.scaled_dot_product_attention(q, self.k[i, :, :, :end], self.v[i, :, :, :end],
+                                               attn_mask=masks[sliding], scale=self.scale, enable_gqa=True)
+            x = x + self._norm(w_o(a.transpose(1, 2).reshape(batch, width, heads * head_dim)), w_post)
+            gate, up = w_gate_up(self._norm(x, w_pre_ff)).chunk(2, dim=-1)
+            x = x + self._norm(w_down(F.gelu(gate, approximate="tanh") * up), w_post_ff)
+        return self._norm(x, self.final_norm)
+
+
+STATIC_ENGINES = (StaticGPT2Engine, StaticGemma3Engine, StaticLlamaEngine)
