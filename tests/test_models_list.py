@@ -23,6 +23,10 @@ def test_the_list_counts_what_loading_would_find(cli, gpt_run, tmp_path):
     assert entries["minilm"]["parameters"] == sum(p.numel() for p in minilm.parameters())
     assert entries["minilm"]["family"] == "encoder" and entries["minilm"]["max_length"] == 512
     assert entries["smollm2"]["family"] == "decoder" and 130e6 < entries["smollm2"]["parameters"] < 140e6
+    assert entries["smollm2"]["license"] == "Apache-2.0" and not entries["smollm2"]["base"]
+    gemma3 = entries["gemma3"]  # its chunk packages' sizes, before the first use converts it (or after)
+    assert gemma3["family"] == "decoder" and gemma3["base"] and "Gemma Terms of Use" in gemma3["license"]
+    assert 230 < gemma3["size_mb"] < 260
     tok = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))  # 30,522 tokens: the count scales with it
     bert = build_bert_pretraining("mini", tok, 512)
     vocab_params = (len(tok) - 30000) * (bert.config.hidden_size + 1)  # embeddings + the MLM head's bias

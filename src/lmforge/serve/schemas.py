@@ -47,6 +47,8 @@ class Seq2SeqRequest(Strict):
     temperature: float | None = Field(None, gt=0, le=5, description="sampling: divide the logits by this")
     top_p: float | None = Field(None, gt=0, le=1, description="sampling: nucleus mass to sample from")
     top_k: int | None = Field(None, ge=0, le=1000, description="sampling: the k likeliest tokens only (0: off)")
+    shots: int | None = Field(None, ge=0, le=16, description="a causal LM: training pairs of the task shown before "
+                              "each text (few-shot, greedy); default: 4 for a base model (no chat template), else 0")
 
     DECODING: ClassVar[set[str]] = {"num_beams", "max_new_tokens", "length_penalty", "no_repeat_ngram_size",
                                     "do_sample", "temperature", "top_p", "top_k"}
@@ -127,6 +129,8 @@ class ModelCard(BaseModel):
     family: str | None = Field(None, description="encoder, decoder or encoder-decoder")
     parameters: int | None = Field(None, description="parameters of the model")
     size_mb: float | None = Field(None, description="the model folder's size on disk")
+    license: str | None = Field(None, description="the weights' own license terms, when they have any (gemma3 and "
+                                "runs made from it: the Gemma Terms of Use)")
 
 
 class ModelList(BaseModel):

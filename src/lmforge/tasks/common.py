@@ -66,8 +66,11 @@ def hf_saver(tokenizer, unwrap: Callable[[Any], Any] = lambda m: m) -> Callable[
     """A ``save_model`` for TaskSpec: safetensors weights, config and tokenizer, as one HF folder."""
 
     def save(model, path: Path) -> None:
+        from lmforge.models import carry_license
+
         unwrap(model).save_pretrained(path, safe_serialization=True)
         tokenizer.save_pretrained(path)
+        carry_license(unwrap(model), path)
 
     return save
 

@@ -158,10 +158,13 @@ def load_decoder(config, tokenizer, prepare_tokenizer: Callable[[Any, Any], None
     def save(wrapper, path: Path) -> None:
         import copy
 
+        from lmforge.models import carry_license
+
         merged = copy.deepcopy(adapted).merge_and_unload()  # a copy: training goes on with the adapters
         merged.save_pretrained(path, safe_serialization=True)
         tokenizer.save_pretrained(path)
         adapted.save_pretrained(path / "adapter", safe_serialization=True)
+        carry_license(merged, path)
 
     return Decoder(adapted.get_base_model(), tokenizer, save)
 

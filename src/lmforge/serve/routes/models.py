@@ -24,7 +24,8 @@ def _shape(served: ServedModel) -> dict:
 
         try:
             entry = folder_entry(served.name, "served", served.pipeline.model_dir, "")
-            served.extra["shape"] = {"family": entry.family, "parameters": entry.parameters, "size_mb": entry.size_mb}
+            served.extra["shape"] = {"family": entry.family, "parameters": entry.parameters, "size_mb": entry.size_mb,
+                                     "license": entry.license}
         except (OSError, ValueError, KeyError):  # a folder without config.json or safetensors: nothing to show
             served.extra["shape"] = {}
     return served.extra["shape"]
