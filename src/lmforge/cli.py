@@ -222,15 +222,17 @@ def models_list(
 
     table = Table(title="models lmforge can start from")
     for column in ("name", "family", "parameters", "on disk", "max tokens", *(["speed here"] if measure else []),
-                   "good for", "use"):
+                   "good for", "license", "use"):
         table.add_column(column, justify="right" if column in ("parameters", "on disk", "max tokens") else "left")
     for e in entries:
         speed = [f"{e.speed['value']:,} {e.speed['unit']}" if e.speed else "-"] if measure else []
         what = e.good_for if e.kind != "run" else f"{e.task} run" + (
             "; " + ", ".join(f"{k} {v:.3g}" for k, v in e.metric.items()) if e.metric else "")
+        if e.base:
+            what = "a base model (no chat template): translate/summarize few-shot, or fine-tune it"
         table.add_row(e.name, e.family, f"{e.parameters / 1e6:,.1f}M" if e.parameters else "-",
                       f"{e.size_mb:,.0f} MB" if e.size_mb is not None else "-",
-                      f"{e.max_length:,}" if e.max_length else "any", *speed, what, e.use)
+                      f"{e.max_length:,}" if e.max_length else "any", *speed, what, e.license or "-", e.use)
     Console(width=220).print(table)
 
 
@@ -480,7 +482,7 @@ app.command("generate")(sampling_command(
 def _chat(run: Path, system: str | None, precision: str, params) -> None:
     pipeline = _generation_pipeline(run, precision)
     if not pipeline.has_chat_template:
-        raise LmforgeError(f"'{run}' has no chat template", fix="fine-tune it first: lmforge finetune chat --model RUN")
+        raise pipeline.no_chat
     history = [{"role": "system", "content": system}] if system else []
     typer.echo(f"chatting with {run} -- /reset starts over, /exit leaves", err=True)
     while True:
@@ -520,6 +522,10 @@ app.command("chat")(sampling_command(
     _chat))
 
 
+SHOTS_HELP = ("translate/summarize with a causal LM: show it K training pairs of the task before each text "
+              "(few-shot; greedy). Default: 4 for a base model without a chat template (gemma3), 0 otherwise")
+
+
 @app.command()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="run dir, or any model (e.g. smollm2: zero-shot; with --task)",
@@ -533,6 +539,7 @@ def evaluate(
     batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", help="examples per forward pass")] = 64,
     limit: Annotated[int | None, typer.Option("--limit", metavar="N", help="score the first N examples only (slow generative "
                                                  "metrics, e.g. code)")] = None,
+    shots: Annotated[int | None, typer.Option("--shots", min=0, max=16, metavar="K", help=SHOTS_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object of metrics on stdout")] = False,
 ) -> None:
     """Evaluate a run with its task's metrics (classification: accuracy/F1; LMs: perplexity; code: pass@1, ...);
@@ -540,7 +547,7 @@ def evaluate(
     from lmforge.stages import evaluate as run_evaluation
 
     result = run_evaluation(run, data, task=task, text_field=text_field, label_field=label_field,
-                            batch_size=batch_size, limit=limit)
+                            batch_size=batch_size, limit=limit, shots=shots)
     if as_json:
         _echo_json(result)
         return
@@ -897,17 +904,18 @@ def _seq2seq_command(task: str, doing: str) -> Callable:
         option("top_p", float | None, None, "--top-p", min=0.01, max=1.0, metavar="P",
                help="with --sample: sample from the likeliest tokens holding this much probability"),
         option("seed", int | None, None, "--seed", metavar="N", help="with --sample: make the samples repeatable"),
+        option("shots", int | None, None, "--shots", min=0, max=16, metavar="K", help=SHOTS_HELP),
         option("overwrite", bool, False, "--overwrite", help="replace an existing --output file"),
     ]
 
     def command(run: Path, texts: list[str] | None, input_: str | None, output: Path | None, text_field: str,
                 num_beams: int | None, max_new_tokens: int | None, length_penalty: float | None,
                 no_repeat_ngram_size: int | None, sample: bool, temperature: float | None, top_p: float | None,
-                seed: int | None, overwrite: bool) -> None:
+                seed: int | None, shots: int | None, overwrite: bool) -> None:
         from lmforge.inference.pipelines import GenerationPipeline, Seq2SeqPipeline
         from lmforge.stages import resolve_task
         from lmforge.tasks import registry
-        from lmforge.tasks.seq2seq import task_settings
+        from lmforge.tasks.seq2seq import few_shot, task_settings
 
         items = _inputs(task, texts, input_, text_field, output, overwrite)
         found, model_dir, info = resolve_task(run)
@@ -915,15 +923,19 @@ def _seq2seq_command(task: str, doing: str) -> Callable:
             raise LmforgeError(f"'{run}' is a {found.name} model, which cannot {task}",
                                fix=f"give a run of `lmforge finetune {task}`, a seq2seq model folder or a causal LM "
                                    "(e.g. smollm2)")
-        # a causal LM that is no translate/summarize run answers zero-shot, asked the task's own instruction
+        # a causal LM that is no translate/summarize run answers asked the task's own instruction, or a base model
+        # (no chat template) few-shot, shown the task's training pairs nearest each text
+        settings = task_settings(registry.get(task).config, info, task)
         zero_shot = found.pipeline == GenerationPipeline.kind
-        instruction = task_settings(registry.get(task).config, info, task).instruction if zero_shot else None
-        pipeline = Seq2SeqPipeline(model_dir, name=Path(run).name, info=info, task=found.name, instruction=instruction)
+        causal = zero_shot or info.get("family") == "decoder"
+        examples = few_shot(settings, registry.get(task).default_data) if causal else None
+        pipeline = Seq2SeqPipeline(model_dir, name=Path(run).name, info=info, task=found.name,
+                                   instruction=settings.instruction if zero_shot else None, few_shot=examples)
         if seed is not None:
             import torch
 
             torch.manual_seed(seed)
-        results = pipeline.predict(items, num_beams=num_beams, max_new_tokens=max_new_tokens,
+        results = pipeline.predict(items, shots=shots, num_beams=num_beams, max_new_tokens=max_new_tokens,
                                    length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
                                    do_sample=True if sample else None, temperature=temperature, top_p=top_p)
         _write_results([{"input": t, "output": r["text"]} for t, r in zip(items, results)], output)

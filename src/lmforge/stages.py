@@ -61,14 +61,14 @@ class ModelFolder(RunDir):
 
 def evaluate(run: str | Path, data: str | None = None, *, task: str | None = None, text_field: str | None = None,
              label_field: str | None = None, batch_size: int = 64, limit: int | None = None,
-             write: bool = True) -> dict:
+             shots: int | None = None, write: bool = True) -> dict:
     """Score a run with its task's metrics (or ``task``'s); writes ``RUN/eval.json`` (and the task's plots) and
     returns the metrics. ``run`` may also be any model lmforge loads (e.g. ``smollm2``, zero-shot): then ``task``
     says which evaluation (default: the one its architecture maps to) and nothing is written."""
     import tempfile
 
     options = EvalOptions(data=data, text_field=text_field, label_field=label_field, batch_size=batch_size,
-                          limit=limit)
+                          limit=limit, shots=shots)
     from lmforge.kb.store import is_kb
 
     if is_kb(run):  # a knowledge base: retrieval quality on question -> answer pairs

@@ -242,6 +242,21 @@ def test_translate_page_at_phone_width_answers_like_the_api(browser, translation
     page.screenshot(path=str(ARTIFACTS / "web-ui-translate-phone.png"), full_page=True)
 
 
+def test_a_base_decoder_translates_few_shot_on_the_translate_page(browser, tiny_gemma3_dir):
+    with LiveServer(f"base={tiny_gemma3_dir}") as server:
+        page = open_tab(browser, server, "translate", 1280, 800)
+        assert page.locator("#tab-summarize").is_visible()  # a causal LM answers both, few-shot
+        page.fill("#translate-input", "In the beginning")
+        page.fill("#page-translate [data-slot=shots]", "2")
+        page.fill("#page-translate [data-slot=max-tokens]", "5")
+        page.click("#page-translate [data-slot=submit]")
+        page.wait_for_selector("#page-translate .outputs li")
+        shown = page.locator("#page-translate .output").inner_text()
+        api = httpx.post(server.url + "/v1/translate", json={
+            "inputs": ["In the beginning"], "shots": 2, "num_beams": 4, "max_new_tokens": 5, "truncate": True}).json()
+        assert shown == (api["results"][0]["text"] or "(empty)")
+
+
 @pytest.fixture(scope="module")
 def kb_server(chat_run, tmp_path_factory):
     from lmforge.kb import KnowledgeBase

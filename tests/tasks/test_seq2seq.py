@@ -246,3 +246,114 @@ def test_every_decoding_setting_reaches_generate():
     greedy = generate_options({**DecodingSettings().model_dump(), "temperature": 0.5})
     assert "temperature" not in greedy and greedy["num_beams"] == 4
     assert generate_options({"do_sample": True, "temperature": 0.5, "top_k": 3})["temperature"] == 0.5
+
+
+# ------------------------------------------------------------------------------- few-shot prompts for base decoders
+def test_a_few_shot_prompt_shows_the_nearest_training_pairs_the_nearest_last():
+    from lmforge.inference.pipelines import FewShot
+
+    pairs = [("the cat sat on the mat", "el gato se sentó en la alfombra"), ("grace and peace to you", "gracia y paz"),
+             ("the dog sat on the mat", "el perro se sentó en la alfombra"), ("one cat\nsleeps", "un gato duerme")]
+    few = FewShot("English", "Spanish", pairs)
+    prompt = few.prompt("the  cat sat on a mat", 2)
+    assert prompt == few.prompt("the  cat sat on a mat", 2)  # deterministic
+    blocks = prompt.split("\n\n")
+    assert blocks == ["English: the dog sat on the mat\nSpanish: el perro se sentó en la alfombra",
+                      "English: the cat sat on the mat\nSpanish: el gato se sentó en la alfombra",
+                      "English: the cat sat on a mat\nSpanish:"]
+    # a text that is itself a training source never sees its own answer; newlines inside a pair become spaces
+    own = few.prompt("the cat sat on the mat", 3)
+    assert "el gato se sentó" not in own and "English: one cat sleeps\nSpanish: un gato duerme" in own
+
+
+def test_a_base_decoder_translates_few_shot_from_the_training_split(cli, tiny_gemma3_dir, monkeypatch):
+    from lmforge.inference import pipelines
+    from lmforge.tasks import seq2seq
+
+    shown = []
+    real = pipelines.FewShot.prompt
+    monkeypatch.setattr(pipelines.FewShot, "prompt", lambda self, text, k: shown.append((self, k)) or real(self, text, k))
+    loaded = []
+    real_load = seq2seq.load_pairs
+    monkeypatch.setattr(seq2seq, "load_pairs", lambda spec, *a: loaded.append(spec) or real_load(spec, *a))
+    result = cli("evaluate", tiny_gemma3_dir, "--task", "translate", "--data", "translation:dev", "--limit", "3",
+                 "--json")
+    assert result.code == 0, result.text
+    scores = json.loads(result.out)
+    assert scores["n"] == 3 and all("\n" not in e["output"] for e in scores["examples"])
+    assert "translation:train" in loaded and {k for _, k in shown} == {4}  # no template: 4 shots by default
+    few = shown[0][0]
+    assert (few.source_label, few.target_label) == ("English", "Spanish")
+    dev = {" ".join(r["en"].split()) for r in read_jsonl_gz(BUNDLED / "translation" / "bible_en_es.dev.jsonl.gz")}
+    assert not dev & {s for s, _ in few.pairs}  # examples never come from the split being scored
+    from lmforge.tasks.summarize import FinetuneSummarizeConfig
+
+    summaries = seq2seq.few_shot(seq2seq.task_settings(FinetuneSummarizeConfig, {}, "summarize"), "summarization")
+    assert loaded[-1] == "summarization:train" and (summaries.source_label, summaries.target_label) == ("Text",
+                                                                                                       "Summary")
+
+
+def test_few_shot_limits_are_clear(tiny_gemma3_dir, tiny_t5_dir):
+    from lmforge.errors import LmforgeError
+    from lmforge.inference.pipelines import FewShot, InputTooLong, Seq2SeqPipeline
+
+    few = FewShot("English", "Spanish", [("a b c", "x y z")] * 3)
+    pipeline = Seq2SeqPipeline(tiny_gemma3_dir, few_shot=few)
+    assert pipeline.base and pipeline.default_shots == 4
+    with pytest.raises(LmforgeError, match="at most 3 shots"):
+        pipeline.predict(["hello"], shots=4)
+    pipeline.max_length = 100_000
+    with pytest.raises(InputTooLong, match="longer than the model's 4096 tokens"):  # prompt + answer past the context
+        pipeline.predict(["word " * 5000], shots=1, truncate=False)
+    # truncating: a long text is shown fewer examples, then cut, so prompt and answer fit
+    assert len(pipeline.predict(["word " * 5000], shots=3, max_new_tokens=4)) == 1
+    with pytest.raises(LmforgeError, match="encoder-decoder"):
+        Seq2SeqPipeline(tiny_t5_dir, few_shot=few).predict(["hello"], shots=2)
+
+
+def test_a_served_base_decoder_translates_few_shot_and_says_it_cannot_chat(tiny_gemma3_dir, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from lmforge.serve.app import create_app
+    from lmforge.serve.settings import ServeSettings
+
+    app = create_app([f"base={tiny_gemma3_dir}"], ServeSettings(), load_in_background=False)
+    with TestClient(app) as client:
+        assert client.get("/v1/models/base").json()["routes"] == ["openai", "translate", "summarize"]
+        asked = {"inputs": ["In the beginning God created the heavens and the earth."], "max_new_tokens": 4}
+        ok = client.post("/v1/translate", json={**asked, "shots": 2})
+        assert ok.status_code == 200 and "\n" not in ok.json()["results"][0]["text"]
+        assert client.post("/v1/translate", json=asked).json() == client.post("/v1/translate", json=asked).json()
+        assert client.post("/v1/translate", json={**asked, "shots": 17}).status_code == 422
+        chat = client.post("/v1/chat/completions", json={"model": "base", "messages": [
+            {"role": "user", "content": "hello"}]})
+        assert chat.status_code == 400 and "base model" in chat.json()["error"]["message"]
+        assert "lmforge finetune chat --model base" in chat.json()["error"]["message"]
+
+
+def test_lora_on_a_base_gemma3_learns_the_pairs_and_its_runs_carry_the_license(cli, tiny_gemma3_dir, verses, tmp_path):
+    """gemma3's architecture fine-tuned with LoRA as a chat exchange (ChatML added: a base model has no template);
+    the weights' license terms in the base's config reach the run's model card and `models list`."""
+    import shutil
+
+    import lmforge
+
+    base = tmp_path / "licensed-gemma3"
+    shutil.copytree(tiny_gemma3_dir, base)
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, "license_terms": "Gemma Terms of Use"}))
+    data, rows = verses
+    runs = tmp_path / "runs"
+    out = runs / "mt-gemma3"
+    result = cli("finetune", "translate", "--model", base, "--lora", "--data", data, "--eval", data, "--out", out,
+                 "--max-steps", "60", "--lr", "1e-2", "--batch-size", "8", "--num-beams", "1",
+                 "--set", "train.warmup=0", "--set", "train.threads=1")
+    assert result.code == 0, result.text
+    evals = [json.loads(line)["eval"]["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+             if '"eval"' in line]
+    assert evals[-1] < evals[0] - 1  # measured 5.52 -> 3.93: adapters on a frozen random model learn slowly
+    assert (out / "model" / "adapter").is_dir() and "Gemma Terms of Use" in (out / "model" / "README.md").read_text()
+    first = [r["text"] for r in lmforge.load(out).predict([r["en"] for r in rows])]
+    assert first == [r["text"] for r in lmforge.load(out).predict([r["en"] for r in rows])]  # save -> load
+    listed = {e["name"]: e for e in json.loads(cli("models", "list", "--runs", runs, "--no-presets", "--json").out)}
+    assert listed[str(out)]["license"] == "Gemma Terms of Use"

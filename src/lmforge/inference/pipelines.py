@@ -200,13 +200,20 @@ class GenerationPipeline(Pipeline):
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
+    @property
+    def no_chat(self) -> LmforgeError:
+        """Why this model cannot chat, and what to do instead."""
+        return LmforgeError(
+            f"model '{self.name}' has no chat template: it is a base model, which continues text rather than "
+            "answering chat turns",
+            fix=f"use /v1/completions (lmforge generate), translate or summarize it few-shot, or fine-tune it for "
+                f"chat first: lmforge finetune chat --model {self.name} --lora",
+        )
+
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of the conversation rendered with the model's chat template, ready for the assistant's turn."""
         if not self.has_chat_template:
-            raise LmforgeError(
-                f"model '{self.name}' has no chat template",
-                fix="fine-tune it with `lmforge finetune chat`, or use /v1/completions",
-            )
+            raise self.no_chat
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "keys"):
             ids = ids["input_ids"]
@@ -289,15 +296,60 @@ def generate_options(settings: dict) -> dict:
     return options
 
 
+DEFAULT_SHOTS = 4  # examples a base decoder is shown when the caller gives no --shots (chosen on translation:dev)
+
+
+class FewShot:
+    """A few-shot prompt for a base decoder: K (source, target) examples shown before the text, each side after its
+    label, one example a paragraph; the answer is the line after the text's target label.
+
+    The examples are the K training pairs whose sources are nearest the text (TF-IDF cosine over words and word
+    pairs: a verse is shown verses that share its phrasing, a package description others of its kind), the nearest
+    last; a text identical to a training source never sees its own answer. Deterministic: the same text always gets
+    the same prompt."""
+
+    stop = ("\n",)  # an answer is one line: the next example's label would follow
+
+    def __init__(self, source_label: str, target_label: str, pairs: list[tuple[str, str]]) -> None:
+        self.source_label, self.target_label = source_label, target_label
+        self.pairs = [(" ".join(s.split()), " ".join(t.split())) for s, t in pairs]  # one line a side
+        self._index: tuple | None = None
+
+    def _nearest(self, text: str, shots: int) -> list[int]:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        if self._index is None:
+            vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, token_pattern=r"(?u)\b\w+\b")
+            try:
+                self._index = vectorizer, vectorizer.fit_transform([s for s, _ in self.pairs])  # [N, terms], rows L2
+            except ValueError:  # no word in any source (punctuation only): every pair is as near as another
+                self._index = None, None
+        vectorizer, matrix = self._index
+        scores = (np.zeros(len(self.pairs)) if vectorizer is None
+                  else (matrix @ vectorizer.transform([text]).T).toarray().ravel())  # [N] cosine
+        order = np.lexsort((np.arange(len(scores)), -scores))  # best first; ties by position: deterministic
+        chosen = [int(i) for i in order if self.pairs[i][0] != text][:shots]
+        return chosen[::-1]  # the nearest right before the text
+
+    def prompt(self, text: str, shots: int) -> str:
+        text = " ".join(text.split())
+        shown = [f"{self.source_label}: {self.pairs[i][0]}\n{self.target_label}: {self.pairs[i][1]}"
+                 for i in self._nearest(text, shots)]
+        return "\n\n".join([*shown, f"{self.source_label}: {text}\n{self.target_label}:"])
+
+
 class Seq2SeqPipeline(Pipeline):
     """Text in, text out (translation, summarization), greedy, beam search or sampling. An encoder-decoder (a
     span-corruption run, BERT2BERT, any HF seq2seq folder) reads the text; a causal LM (a translate or summarize run
-    from smollm2 or a CLM run) is asked its run's instruction and the text as a chat exchange and answers. A
-    span-corruption run fills in its sentinels: ``"The <extra_id_0> sat on the mat."``."""
+    from smollm2 or a CLM run) is asked its run's instruction and the text as a chat exchange and answers; a base
+    decoder (no chat template of its own: gemma3, a CLM run), or any causal LM asked for ``shots``, is shown that many
+    examples of ``few_shot`` before the text and continues the pattern. A span-corruption run fills in its sentinels:
+    ``"The <extra_id_0> sat on the mat."``."""
 
     kind = "text2text-generation"
 
-    def __init__(self, model_dir: Path, *, instruction: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, model_dir: Path, *, instruction: str | None = None, few_shot: FewShot | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(model_dir, **kwargs)
         from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
@@ -305,6 +357,9 @@ class Seq2SeqPipeline(Pipeline):
 
         self.tokenizer = load_tokenizer(self.model_dir)
         self.causal = not getattr(load_config(self.model_dir), "is_encoder_decoder", False)
+        self.base = self.causal and not getattr(self.tokenizer, "chat_template", None)  # before ChatML is added
+        self.few_shot = few_shot
+        self._generator = None
         config = self.info.get("config") or {}
         if self.causal:
             from lmforge.data.chat_format import ensure_chat_tokens, stop_on_turn_end
@@ -320,8 +375,73 @@ class Seq2SeqPipeline(Pipeline):
         self.decoding = {"num_beams": 1, "max_new_tokens": 64, **(config.get("decoding") or {})}
         self.max_length = int(config.get("max_source_length") or min(self.tokenizer.model_max_length or 512, 4096))
 
+    @classmethod
+    def over(cls, loaded: GenerationPipeline, *, instruction: str, few_shot: FewShot | None) -> Seq2SeqPipeline:
+        """A causal LM already loaded for generation (a served smollm2 or gemma3), asked to translate or summarize:
+        the same weights and decoder, no second copy. A base model is prompted few-shot; one with a chat template is
+        asked ``instruction``."""
+        self = cls.__new__(cls)
+        Pipeline.__init__(self, loaded.model_dir, name=loaded.name, info=loaded.info, device=str(loaded.device),
+                          task=loaded.task, precision=loaded.precision)
+        self.tokenizer, self.model, self.causal = loaded.tokenizer, loaded.model, True
+        self.base, self.few_shot, self._generator = not loaded.has_chat_template, few_shot, loaded.generator
+        self.prefix, self.instruction = "", instruction
+        self.decoding = {"num_beams": 1, "max_new_tokens": 64}
+        self.max_length = min(int(loaded.context), 4096)
+        return self
+
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "max_length": self.max_length, "decoding": self.decoding}
+        return {**super().describe(), "max_length": self.max_length, "decoding": self.decoding,
+                "few_shot": self.default_shots}
+
+    @property
+    def default_shots(self) -> int:
+        """Examples shown when a request gives none: a base decoder's few-shot prompt, else none (an instruction)."""
+        return DEFAULT_SHOTS if self.base and self.few_shot is not None else 0
+
+    @property
+    def generator(self):
+        if self._generator is None:
+            from lmforge.inference.generation import TextGenerator
+
+            self._generator = TextGenerator(self.model, self.tokenizer, self.device, precision=self.precision)
+        return self._generator
+
+    def _few_shot(self, texts: list[str], shots: int, truncate: bool, batch_size: int, settings: dict) -> list[str]:
+        """Greedy (or sampled) continuations of few-shot prompts, up to the end of the answer's line."""
+        from lmforge.inference.generation import SamplingParams
+
+        if self.few_shot is None:
+            raise LmforgeError(f"model '{self.name}' has no examples to show", where="shots",
+                               fix="give examples (FewShot) when loading it, or ask with shots 0")
+        if len(self.few_shot.pairs) < shots:
+            raise LmforgeError(f"{shots} examples asked, {len(self.few_shot.pairs)} available", where="shots",
+                               fix=f"ask for at most {len(self.few_shot.pairs)} shots")
+        from lmforge.data.chat_format import source_cutter
+
+        if not truncate:
+            check_lengths([len(x) for x in self.tokenizer(texts, add_special_tokens=False)["input_ids"]],
+                          self.max_length)
+        new = int(settings.get("max_new_tokens") or 64)
+        room = self.generator.context - new  # prompt tokens that leave the answer room in the context
+        cut = source_cutter(self.tokenizer, max(8, min(self.max_length, room - 32))) if truncate else (lambda t: t)
+        encoded = []
+        for text in texts:
+            for k in range(shots, -1, -1):  # a long text is shown fewer examples, so that it fits
+                ids = self.generator.encode(self.few_shot.prompt(cut(text), k))
+                if len(ids) <= room:
+                    break
+            encoded.append(ids)
+        check_lengths([len(x) + new for x in encoded], self.generator.context)  # prompt + answer in the context
+        sampled = settings.get("do_sample")
+        params = SamplingParams(max_new_tokens=new, stop=list(FewShot.stop),
+                                temperature=float(settings.get("temperature") or 1.0) if sampled else 0.0,
+                                top_p=float(settings.get("top_p") or 1.0), top_k=int(settings.get("top_k") or 0))
+        results = [""] * len(texts)
+        for index in sorted_batches([len(x) for x in encoded], batch_size):
+            for i, out in zip(index, self.generator.generate([encoded[i] for i in index], params)):
+                results[i] = out.text.strip()
+        return results
 
     def _encode(self, texts: list[str], truncate: bool) -> list[list[int]]:
         """Token ids of the model's inputs: the text (with the run's prefix), or for a causal LM the rendered chat
@@ -343,12 +463,20 @@ class Seq2SeqPipeline(Pipeline):
         return self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
 
     @torch.inference_mode()
-    def predict(self, texts: str | list[str], *, batch_size: int = 16, truncate: bool = True,
+    def predict(self, texts: str | list[str], *, batch_size: int = 16, truncate: bool = True, shots: int | None = None,
                 **decoding: Any) -> list[dict]:
         """Per text: ``{"text"}``, the generated output (special tokens other than sentinels removed). ``decoding``
         overrides the run's: num_beams, max_new_tokens, length_penalty, no_repeat_ngram_size, do_sample,
-        temperature, top_p, top_k."""
+        temperature, top_p, top_k. ``shots``: a causal LM shown this many examples first (None: the model's
+        default, :attr:`default_shots`); few-shot answers are greedy unless sampled (beams do not apply)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
+        shots = self.default_shots if shots is None else shots
+        if shots and not self.causal:
+            raise LmforgeError(f"model '{self.name}' is an encoder-decoder: it reads the text as it is", where="shots",
+                               fix="ask with shots 0 (few-shot prompts are for causal LMs)")
+        if shots:
+            return [{"text": t} for t in self._few_shot(texts, shots, truncate, batch_size,
+                                                        {**self.decoding, **decoding})]
         settings = generate_options({**self.decoding, **{k: v for k, v in decoding.items() if v is not None}})
         outputs = generate_texts(self.model, self.tokenizer, self._encode(texts, truncate), settings,
                                  batch_size=batch_size, causal=self.causal)

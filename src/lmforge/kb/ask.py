@@ -1,7 +1,9 @@
 """Answer a question from a knowledge base: retrieve the best passages, then let a reader answer from them only.
 
 Readers: a generative model with a chat template (the embedded ``smollm2``, or a chat run) is given the numbered
-passages and asked to answer only from them, citing them as [1], [2]; its answer streams token by token. An
+passages and asked to answer only from them, citing them as [1], [2]; its answer streams token by token. A base
+model (the embedded ``gemma3``: no chat template) gets the same passages and rules as a document ending in
+"Answer:", and its answer ends where it would begin another question. An
 extractive QA run (``lmforge finetune qa``) picks the best span over the passages and cites the passage it came from.
 When even the best passage is far from the question (cosine similarity below ``min_similarity``), the answer is
 "not found in the knowledge base" and no reader is asked: it would only invent.
@@ -30,14 +32,35 @@ MIN_SIMILARITY = 0.3
 CITATION = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
 
 
+def numbered(hits: list[Hit]) -> str:
+    return "\n\n".join(f"[{n}] {h.title}\n{h.text}" if h.title else f"[{n}] {h.text}" for n, h in enumerate(hits, 1))
+
+
 def instructions(question: str, hits: list[Hit]) -> list[dict]:
     """The chat turn a generative reader is given: numbered passages, the question, the rules."""
-    passages = "\n\n".join(f"[{n}] {h.title}\n{h.text}" if h.title else f"[{n}] {h.text}"
-                           for n, h in enumerate(hits, 1))
     return [{"role": "user", "content": (
         "Answer the question using only the numbered passages below. Cite the passages you use like [1] or [2]. "
         f"If they do not contain the answer, reply exactly: {NOT_FOUND}.\n\n"
-        f"Passages:\n{passages}\n\nQuestion: {question}")}]
+        f"Passages:\n{numbered(hits)}\n\nQuestion: {question}")}]
+
+
+# a base reader (no chat template: gemma3) continues a document: the passages, the rules, the question, "Answer:";
+# its answer ends where it would start another question or leave a blank line
+BASE_STOP = ["\nQuestion:", "\n\n"]
+
+
+def document(question: str, hits: list[Hit]) -> str:
+    """What a base reader is given: the same passages and rules as a chat reader, as a text to continue."""
+    return (f"Passages:\n{numbered(hits)}\n\nAnswer the question in a few sentences, using only the passages above "
+            f"and citing the ones you use like [1] or [2]. If they do not contain the answer, write: {NOT_FOUND}."
+            f"\n\nQuestion: {question}\nAnswer:")
+
+
+def render(reader: Any, question: str, hits: list[Hit]) -> list[int]:
+    """A reader's prompt ids: a chat turn for a model with a chat template, else the document to continue."""
+    if getattr(reader, "has_chat_template", False):
+        return reader.chat_prompt(instructions(question, hits))
+    return reader.prompt_ids(document(question, hits))
 
 
 def cited(text: str, count: int) -> list[int]:
@@ -165,14 +188,14 @@ def fit(reader: Any, question: str, hits: list[Hit], max_new_tokens: int) -> tup
 
     room = max(64, int(getattr(reader, "context", 2048)) - max_new_tokens)
     for count in range(len(hits), 0, -1):
-        prompt = reader.chat_prompt(instructions(question, hits[:count]))
+        prompt = render(reader, question, hits[:count])
         if len(prompt) <= room:
             return hits[:count], prompt
     words = hits[0].text.split()
     while len(words) > 8:
         words = words[: len(words) * 3 // 4]
         first = dataclasses.replace(hits[0], text=" ".join(words) + " ...")
-        prompt = reader.chat_prompt(instructions(question, [first]))
+        prompt = render(reader, question, [first])
         if len(prompt) <= room:
             return [first], prompt
     raise LmforgeError(f"the question does not fit in the reader's {room + max_new_tokens} tokens",
@@ -182,7 +205,7 @@ def fit(reader: Any, question: str, hits: list[Hit], max_new_tokens: int) -> tup
 def reader_kind(reader: Any) -> str:
     """``generative`` or ``extractive``; anything else cannot answer from passages."""
     kind = getattr(reader, "kind", "")
-    if kind == "text-generation" and getattr(reader, "has_chat_template", False):
+    if kind == "text-generation":  # with a chat template or not (a base model continues a document)
         return "generative"
     if kind == "question-answering":
         return "extractive"
@@ -218,8 +241,9 @@ def ask(kb: KnowledgeBase, question: str, reader: Any, *, k: int = 4, mode: str 
     from lmforge.inference.generation import SamplingParams
 
     tidy = AnswerStream(hits)
-    deltas = reader.generator.stream([prompt], SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0),
-                                     cancel=cancel)
+    stop = [] if getattr(reader, "has_chat_template", False) else BASE_STOP
+    deltas = reader.generator.stream([prompt], SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0,
+                                                              stop=stop), cancel=cancel)
     with contextlib.closing(deltas):  # leaving early (a repeat) stops the decoding
         for delta in deltas:
             if text := tidy.feed(delta.text):

@@ -80,6 +80,7 @@ def evaluate_clm(run: RunDir, info: dict, options: EvalOptions) -> dict:
 TASK = register(Task(
     name="clm", stage="pretrain", config=ClmConfig, train=pretrain_clm, evaluate=evaluate_clm,
     summary="GPT-style decoder: causal language modeling on packed sequences",
-    pipeline="text-generation", routes=("openai",), architectures=("ForCausalLM", "LMHeadModel"),
+    pipeline="text-generation", routes=("openai", "translate", "summarize"),
+    architectures=("ForCausalLM", "LMHeadModel"),
     metrics=("perplexity", "token_accuracy", "loss"),
 ))

@@ -37,6 +37,7 @@ class EvalOptions:
     label_field: str | None = None
     batch_size: int = 64
     limit: int | None = None  # score the first N examples only (slow generative metrics)
+    shots: int | None = None  # generative tasks: examples a causal LM is shown first (None: the model's default)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Task:
     routes: tuple[str, ...] = ()  # server routes that answer this task (modules in lmforge/serve/routes/)
     architectures: tuple[str, ...] = ()  # HF architecture suffixes that load as this task outside a run dir
     report: Callable[[dict], list[Any]] | None = None  # rich renderables for `lmforge evaluate`; None: scalars
+    default_data: str | None = None  # the bundled dataset the task learns from when none is given (few-shot examples)
 
 
 _TASKS: dict[str, Task] = {}

@@ -86,6 +86,10 @@ class Seq2SeqConfig(FinetuneConfig):
         """What a causal LM is asked when --instruction is not given (each task says)."""
         return "Rewrite this text."
 
+    def prompt_labels(self) -> tuple[str, str]:
+        """How a few-shot prompt names the input and the output (each task says)."""
+        return "Text", "Output"
+
     def dev_metric(self, outputs: list[str], targets: list[str]) -> dict[str, float]:
         """The task's headline metric of greedy outputs on dev pairs, logged at each evaluation during training
         (so a run's metrics.jsonl is its own learning curve: metric vs training time)."""
@@ -274,13 +278,35 @@ def head(pairs: Pairs, count: int) -> Pairs:
     return Pairs(pairs.spec, pairs.sources[:count], pairs.targets[:count], pairs.files)
 
 
-def generate(run: RunDir, info: dict, settings: Seq2SeqConfig, sources: list[str], batch_size: int) -> list[str]:
-    """The run's outputs for ``sources``, decoded as its config says."""
+def generate(run: RunDir, info: dict, settings: Seq2SeqConfig, pairs: Pairs, options: EvalOptions,
+             default_data: str) -> list[str]:
+    """The run's outputs for the pairs' sources, decoded as its config says (a base decoder: few-shot, greedy)."""
     from lmforge.inference.pipelines import Seq2SeqPipeline
 
-    pipeline = Seq2SeqPipeline(run.model_dir, info=info, instruction=settings.instruction)
-    return [r["text"] for r in pipeline.predict(sources, batch_size=min(batch_size, 32),
-                                                **settings.decoding.model_dump())]
+    pipeline = Seq2SeqPipeline(run.model_dir, info=info, instruction=settings.instruction,
+                               few_shot=few_shot(settings, default_data, options.data))
+    return [r["text"] for r in pipeline.predict(pairs.sources, batch_size=min(options.batch_size, 32),
+                                                shots=options.shots, **settings.decoding.model_dump())]
+
+
+def few_shot(settings: Seq2SeqConfig, default_data: str, data: str | None = None):
+    """The examples a base decoder is shown (:class:`lmforge.inference.pipelines.FewShot`, which picks the nearest
+    for each text): training pairs of the task, never of the split being scored: the train split of ``data``'s
+    bundled dataset, else the data the run trained on, else the task's bundled ``default_data``. Pairs with an
+    input over twice the median length are left out, so prompts stay short."""
+    from lmforge.data.readers import resolve
+    from lmforge.inference.pipelines import FewShot
+
+    source = resolve(data) if data else None
+    if source is not None and source.bundled is not None and "train" in source.bundled.splits:
+        spec = f"{source.bundled.name}:train"
+    else:
+        spec = settings.data or f"{default_data}:train"
+    pairs = load_pairs(spec, settings.source_field, settings.target_field)
+    lengths = np.asarray([len(s) for s in pairs.sources])
+    cap = 2 * float(np.median(lengths))
+    return FewShot(*settings.prompt_labels(), [(s, t) for s, t, n in zip(pairs.sources, pairs.targets, lengths)
+                                               if n <= cap and t.strip()])
 
 
 def eval_pairs(settings: Seq2SeqConfig, options: EvalOptions, default_split: str) -> Pairs:

@@ -28,6 +28,9 @@ class FinetuneSummarizeConfig(Seq2SeqConfig):
     def task_instruction(self) -> str:
         return "Summarize this text in one short line."
 
+    def prompt_labels(self) -> tuple[str, str]:
+        return "Text", "Summary"
+
     def dev_metric(self, outputs: list[str], targets: list[str]) -> dict[str, float]:
         from lmforge.evaluation.seq2seq import rouge
 
@@ -44,7 +47,7 @@ def evaluate_summarize(run: RunDir, info: dict, options: EvalOptions) -> dict:
 
     settings = task_settings(FinetuneSummarizeConfig, info, "summarize")
     pairs = eval_pairs(settings, options, "test")
-    outputs = generate(run, info, settings, pairs.sources, options.batch_size)
+    outputs = generate(run, info, settings, pairs, options, TASK.default_data)
     lead = rouge([lead_1(s) for s in pairs.sources], pairs.targets)
     return {"data": pairs.spec, "n": len(pairs), **rouge(outputs, pairs.targets),
             "baseline": {"name": "lead-1", **lead}, "examples": examples(pairs, outputs)}
@@ -56,5 +59,6 @@ TASK = register(Task(
     summary="Fine-tune to summarize: an encoder-decoder, a causal LM (smollm2) or BERT2BERT from an encoder.",
     flags=("model", "data", "eval", "source_field", "target_field", "instruction", "decoding.num_beams",
            "lora.enabled", "random_init"),
+    default_data="summarization",
     metrics=("rougeLsum", "rouge1", "rouge2", "rougeL", "n", "baseline"),
 ))

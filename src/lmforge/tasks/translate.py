@@ -39,6 +39,10 @@ class FinetuneTranslateConfig(Seq2SeqConfig):
         return (f"Translate this {name(self.source)} text into {name(self.target)}. "
                 "Answer with the translation only.")
 
+    def prompt_labels(self) -> tuple[str, str]:
+        name = lambda code: LANGUAGES.get(code.lower(), code)
+        return name(self.source), name(self.target)
+
     def dev_metric(self, outputs: list[str], targets: list[str]) -> dict[str, float]:
         from lmforge.evaluation.seq2seq import bleu_chrf
 
@@ -61,7 +65,7 @@ def evaluate_translate(run: RunDir, info: dict, options: EvalOptions) -> dict:
 
     settings = task_settings(FinetuneTranslateConfig, info, "translate")
     pairs = eval_pairs(settings, options, "test")
-    outputs = generate(run, info, settings, pairs.sources, options.batch_size)
+    outputs = generate(run, info, settings, pairs, options, TASK.default_data)
     scores = bleu_chrf(outputs, pairs.targets)
     copy = bleu_chrf(pairs.sources, pairs.targets)
     return {"data": pairs.spec, "n": len(pairs), **scores,
@@ -75,5 +79,6 @@ TASK = register(Task(
     summary="Fine-tune for translation: an encoder-decoder, a causal LM (smollm2) or BERT2BERT from an encoder.",
     flags=("model", "data", "eval", "source", "target", "source_field", "target_field", "instruction",
            "decoding.num_beams", "lora.enabled", "random_init"),
+    default_data="translation",
     metrics=("bleu", "chrf", "n", "baseline"),
 ))

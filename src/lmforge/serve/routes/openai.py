@@ -311,8 +311,7 @@ async def chat_completions(body: ChatRequest, request: Request, registry: Regist
     _unsupported(body)
     served = _generative(registry, body.model)
     if not served.pipeline.has_chat_template:
-        raise _bad(f"model '{served.name}' has no chat template; fine-tune it with `lmforge finetune chat` or use "
-                   "/v1/completions", "model")
+        raise _bad(served.pipeline.no_chat.what + "; " + served.pipeline.no_chat.fix, "model")
     prompt = await _chat_prompt(served, [_message_text(m) for m in body.messages])
     requested = body.max_completion_tokens or body.max_tokens
     max_new = _budget(served, [len(prompt)], requested, settings, None)

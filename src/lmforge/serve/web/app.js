@@ -381,7 +381,8 @@ function buildSeq2seqPage(page) {
         method: "POST",
         body: JSON.stringify({ model: slot("model").value || null, inputs, truncate: true,
                                num_beams: Number(slot("beams").value) || 1,
-                               max_new_tokens: Number(slot("max-tokens").value) || 128 }),
+                               max_new_tokens: Number(slot("max-tokens").value) || 128,
+                               shots: slot("shots").value === "" ? null : Number(slot("shots").value) }),
       });
       const body = await response.json();
       slot("outputs").replaceChildren(...body.results.map((r, i) => {
