@@ -6,9 +6,10 @@ Greedy decoding of ``--new-tokens`` tokens (end-of-text ignored so the work is e
     python benchmarks/bench_generate.py [--size mini]                  # a fresh GPT-2 of that size, corpus prompts
     python benchmarks/bench_generate.py --model RUN_OR_FOLDER          # any causal LM lmforge loads
     python benchmarks/bench_generate.py --model smollm2 [--llama-cpp PYTHON]
+    python benchmarks/bench_generate.py --model gemma3 [--llama-cpp PYTHON]
 
-With ``--model smollm2`` the prompts are chat prompts in the model's template, and ``--llama-cpp`` names a Python that
-has llama-cpp-python (not a dependency of lmforge; build it once in its own venv, about 10 minutes on 2 cores:
+With ``--model smollm2`` the prompts are chat prompts in the model's template (gemma3, a base model, gets the corpus
+prompts after its begin-of-text token), and ``--llama-cpp`` names a Python that has llama-cpp-python (not a dependency of lmforge; build it once in its own venv, about 10 minutes on 2 cores:
 ``python3 -m venv benchmarks/out/llamacpp-venv && benchmarks/out/llamacpp-venv/bin/pip install llama-cpp-python``):
 it decodes the very same GGUF file, one sequence at a time (its Python API has no batched generation).
 """
@@ -83,8 +84,8 @@ def _load(args):
 
 
 def _prompts(tokenizer, chat: bool) -> list[list[int]]:
-    if not chat:
-        return [tokenizer(p, add_special_tokens=False)["input_ids"] for p in CORPUS_PROMPTS]
+    if not chat:  # with the begin-of-text token where the tokenizer adds one (Gemma needs it), as lmforge sends it
+        return [tokenizer(p)["input_ids"] for p in CORPUS_PROMPTS]
     out = []
     for text in CHAT_PROMPTS:
         ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
@@ -171,14 +172,34 @@ print(json.dumps({"1": {"tokens_per_s": new_tokens / best, "first_token_s": firs
 """
 
 
+def embedded_gguf(name: str) -> Path:
+    """The embedded model's GGUF file: in its package, or its chunks joined once under benchmarks/out."""
+    import shutil
+
+    from lmforge.models import EMBEDDED, embedded_package, verified_chunks
+
+    embedded = EMBEDDED[name]
+    if not embedded.chunks:
+        return embedded_package(name) / embedded.gguf
+    joined = OUT / embedded.gguf
+    if not joined.exists():
+        OUT.mkdir(exist_ok=True)
+        with open(joined.with_suffix(".tmp"), "wb") as out:
+            for chunk in verified_chunks(name):
+                with open(chunk, "rb") as part:
+                    shutil.copyfileobj(part, out, 1 << 22)
+        joined.with_suffix(".tmp").rename(joined)
+    return joined
+
+
 def side_llama_cpp(args, python: str) -> dict:
     from transformers import AutoTokenizer
 
-    from lmforge.models import EMBEDDED, embedded_package, resolve_model_path
+    from lmforge.models import resolve_model_path
 
-    gguf = embedded_package("smollm2") / EMBEDDED["smollm2"].gguf
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("smollm2"))
-    prompts = _prompts(tokenizer, chat=True)
+    gguf = embedded_gguf(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.model))
+    prompts = _prompts(tokenizer, chat=bool(tokenizer.chat_template))
     done = subprocess.run([python, "-c", LLAMA_CPP_SIDE, str(gguf), str(args.new_tokens), str(args.repeats),
                            str(os.cpu_count() or 2)], input=json.dumps(prompts), capture_output=True, text=True,
                           check=True)
@@ -192,7 +213,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--precision", default="auto", help="lmforge's decoding weights (auto, float32, ...)")
-    parser.add_argument("--llama-cpp", default=None, help="a Python with llama-cpp-python (smollm2 only)")
+    parser.add_argument("--llama-cpp", default=None, help="a Python with llama-cpp-python (smollm2, gemma3)")
     parser.add_argument("--side", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:

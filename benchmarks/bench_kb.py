@@ -47,7 +47,8 @@ def main() -> None:
     parser.add_argument("--kb", type=Path, default=OUT / "kb-python-docs")
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--ask", type=int, default=0, metavar="N",
-                        help="also time `kb ask` with the smollm2 reader on the first N FAQ questions")
+                        help="also time `kb ask` on the first N FAQ questions (their answers joined to the KB)")
+    parser.add_argument("--reader", default="smollm2", help="the reader --ask uses (smollm2, gemma3, a chat run)")
     args = parser.parse_args()
 
     from rank_bm25 import BM25Okapi
@@ -94,6 +95,7 @@ def main() -> None:
         results["numpy cosine"] = {"recall@5": recall(found, gold), "queries_per_s": qps}
         passages = kb.store.count
         size_mb = kb.size_bytes() / 1e6
+        asked = time_ask(kb, queries[: args.ask], gold, args.reader) if args.ask else None
         kb.close()
 
     print(f"\n== kb retrieval on {hardware()}: {len(queries)} FAQ questions over {passages:,} passages")
@@ -104,9 +106,8 @@ def main() -> None:
         print(f"   {name:20s} {r['recall@5']:9.3f} {r['queries_per_s']:10.1f}")
     print(f"   ratio lmforge/rank_bm25 queries/s: {results['lmforge bm25']['queries_per_s'] / results['rank_bm25']['queries_per_s']:.1f}x"
           f"; lmforge dense/numpy: {results['lmforge dense']['queries_per_s'] / results['numpy cosine']['queries_per_s']:.2f}x")
-    asked = time_ask(args.kb, queries[: args.ask]) if args.ask else None
     if asked:
-        print(f"   kb ask, smollm2 reader, 4 passages, {asked['questions']} questions: time to first token p50 "
+        print(f"   kb ask, {args.reader} reader, 4 passages, {asked['questions']} questions: time to first token p50 "
               f"{asked['ttft_p50_s']:.2f} s, p99 {asked['ttft_p99_s']:.2f} s; whole answer p50 {asked['total_p50_s']:.1f} s; "
               f"answers {', '.join(f'{k}: {v}' for k, v in asked['citing'].items())}")
     OUT.mkdir(exist_ok=True)
@@ -117,31 +118,38 @@ def main() -> None:
                                             indent=2))
 
 
-def time_ask(kb_dir: Path, questions: list[str]) -> dict:
-    """Time to the first streamed piece of the answer, and to its end, with the embedded smollm2 as the reader."""
-    from lmforge.kb import KnowledgeBase
+def time_ask(kb, questions: list[str], gold: list[str], reader_name: str) -> dict:
+    """Time to the first streamed piece of the answer, and to its end, and how often the answer cites the passage
+    that holds the answer (the FAQ's own answer, joined to the KB): by the reader's own [n], or matched by lmforge;
+    'answer passage given' counts the questions whose answer passage was among those the reader read."""
     from lmforge.kb.ask import ask
     from lmforge.stages import load
 
-    kb, reader = KnowledgeBase.open(kb_dir), load("smollm2")
+    reader = load(reader_name)
     first, total, examples = [], [], []
-    citing = {"by the reader": 0, "matched only": 0, "repeat stopped": 0}
-    for question in questions:
-        start, seen = time.perf_counter(), None
+    citing = {"cite the answer passage": 0, "answer passage given": 0, "by the reader": 0, "matched only": 0,
+              "repeat stopped": 0, "not found": 0}
+    for question, answer_id in zip(questions, gold):
+        start, seen, given = time.perf_counter(), None, []
         for event in ask(kb, question, reader, k=4, max_new_tokens=128):
+            if event["type"] == "passages":
+                given = [p["id"] for p in event["passages"]]
             if event["type"] == "delta" and seen is None:
                 seen = time.perf_counter() - start
             if event["type"] == "done":
                 own = any(not c["matched"] for c in event["citations"])
+                citing["cite the answer passage"] += any(c["id"] == answer_id for c in event["citations"])
+                citing["answer passage given"] += answer_id in given
                 citing["by the reader"] += own
                 citing["matched only"] += bool(event["citations"]) and not own
                 citing["repeat stopped"] += bool(event.get("repeat_stopped"))
+                citing["not found"] += not event["found"]
                 examples.append({"question": question, "answer": event["answer"][:300]})
         first.append(seen)
         total.append(time.perf_counter() - start)
-    return {"questions": len(questions), "ttft_p50_s": float(np.percentile(first, 50)),
+    return {"reader": reader_name, "questions": len(questions), "ttft_p50_s": float(np.percentile(first, 50)),
             "ttft_p99_s": float(np.percentile(first, 99)), "total_p50_s": float(np.percentile(total, 50)),
-            "citing": citing, "examples": examples[:3]}
+            "citing": citing, "examples": examples[:5]}
 
 
 if __name__ == "__main__":
