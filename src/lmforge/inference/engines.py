@@ -276,7 +276,6 @@ class StaticLlamaEngine:
         """x: [B, T, C] embeddings of the tokens for slots start..start+T-1 at ``positions`` [B, T]."""
         batch, width = x.shape[:2]
         heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
-        end = start + width
         cos, sin = self._rope(positions, self.inv_freq)
         split = (heads * head_dim, kv_heads * head_dim, kv_heads * head_dim)
         for i, (w_in, w_qkv, w_o, w_post, w_gate_up, w_down) in enumerate(self.layers):
