@@ -226,18 +226,24 @@ def translation_server(tiny_t5_dir, tmp_path_factory):
         yield srv
 
 
-def test_translate_page_at_phone_width_answers_like_the_api(browser, translation_server):
-    page = open_tab(browser, translation_server, "translate", 390, 844)
-    assert page.locator("#tab-summarize").is_hidden()
+def assert_translates_like_the_api(page, server, slots: dict, request: dict) -> None:
+    """Translate "In the beginning" on the page with these form slots; the page shows what the API answers."""
     page.fill("#translate-input", "In the beginning")
-    page.fill("#page-translate [data-slot=beams]", "2")
-    page.fill("#page-translate [data-slot=max-tokens]", "6")
+    for slot, value in slots.items():
+        page.fill(f"#page-translate [data-slot={slot}]", value)
     page.click("#page-translate [data-slot=submit]")
     page.wait_for_selector("#page-translate .outputs li")
     shown = page.locator("#page-translate .output").inner_text()
-    api = httpx.post(translation_server.url + "/v1/translate", json={
-        "inputs": ["In the beginning"], "num_beams": 2, "max_new_tokens": 6, "truncate": True}).json()
+    api = httpx.post(server.url + "/v1/translate", json={"inputs": ["In the beginning"], "truncate": True,
+                                                          **request}).json()
     assert shown == (api["results"][0]["text"] or "(empty)")
+
+
+def test_translate_page_at_phone_width_answers_like_the_api(browser, translation_server):
+    page = open_tab(browser, translation_server, "translate", 390, 844)
+    assert page.locator("#tab-summarize").is_hidden()
+    assert_translates_like_the_api(page, translation_server, {"beams": "2", "max-tokens": "6"},
+                                   {"num_beams": 2, "max_new_tokens": 6})
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.screenshot(path=str(ARTIFACTS / "web-ui-translate-phone.png"), full_page=True)
 
@@ -246,15 +252,8 @@ def test_a_base_decoder_translates_few_shot_on_the_translate_page(browser, tiny_
     with LiveServer(f"base={tiny_gemma3_dir}") as server:
         page = open_tab(browser, server, "translate", 1280, 800)
         assert page.locator("#tab-summarize").is_visible()  # a causal LM answers both, few-shot
-        page.fill("#translate-input", "In the beginning")
-        page.fill("#page-translate [data-slot=shots]", "2")
-        page.fill("#page-translate [data-slot=max-tokens]", "5")
-        page.click("#page-translate [data-slot=submit]")
-        page.wait_for_selector("#page-translate .outputs li")
-        shown = page.locator("#page-translate .output").inner_text()
-        api = httpx.post(server.url + "/v1/translate", json={
-            "inputs": ["In the beginning"], "shots": 2, "num_beams": 4, "max_new_tokens": 5, "truncate": True}).json()
-        assert shown == (api["results"][0]["text"] or "(empty)")
+        assert_translates_like_the_api(page, server, {"shots": "2", "max-tokens": "5"},
+                                       {"shots": 2, "num_beams": 4, "max_new_tokens": 5})
 
 
 @pytest.fixture(scope="module")
