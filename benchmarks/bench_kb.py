@@ -128,7 +128,7 @@ def time_ask(kb, questions: list[str], gold: list[str], reader_name: str) -> dic
     reader = load(reader_name)
     first, total, examples = [], [], []
     citing = {"cite the answer passage": 0, "answer passage given": 0, "by the reader": 0, "matched only": 0,
-              "repeat stopped": 0, "not found": 0}
+              "repeat stopped": 0, "not found": 0, "empty answer": 0}
     for question, answer_id in zip(questions, gold):
         start, seen, given = time.perf_counter(), None, []
         for event in ask(kb, question, reader, k=4, max_new_tokens=128):
@@ -145,8 +145,9 @@ def time_ask(kb, questions: list[str], gold: list[str], reader_name: str) -> dic
                 citing["repeat stopped"] += bool(event.get("repeat_stopped"))
                 citing["not found"] += not event["found"]
                 examples.append({"question": question, "answer": event["answer"][:300]})
-        first.append(seen)
         total.append(time.perf_counter() - start)
+        citing["empty answer"] += seen is None
+        first.append(total[-1] if seen is None else seen)  # an empty answer: its first (and last) event is the end
     return {"reader": reader_name, "questions": len(questions), "ttft_p50_s": float(np.percentile(first, 50)),
             "ttft_p99_s": float(np.percentile(first, 99)), "total_p50_s": float(np.percentile(total, 50)),
             "citing": citing, "examples": examples[:5]}
