@@ -137,7 +137,7 @@ def test_served_explanations(keyed_run):
         assert (body["attention"]["layers"], body["attention"]["heads"]) == (2, 2)
         plain = client.post("/v1/explain", json={"text": texts[0], "steps": 8}).json()
         assert plain["method"] == "integrated-gradients" and "attention" not in plain
-        assert client.get("/v1/models/keyed").json()["routes"] == ["classify", "explain"]
+        assert client.get("/v1/models/keyed").json()["routes"] == ["classify", "explain", "embeddings"]
         for bad in ({"text": ""}, {"text": "   "}, {"text": "x" * 501}, {"text": "x", "method": "lime"},
                     {"text": "x", "steps": 1}, {"text": "x", "extra": 1}):
             assert client.post("/v1/explain", json=bad).status_code == 422, bad

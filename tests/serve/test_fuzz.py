@@ -17,8 +17,8 @@ from tests.serve.live import uvicorn_in_thread
 
 GENERATION = ("/v1/completions", "/v1/chat/completions")
 # the classifier is the default model for /v1/classify; the generation routes need a name: the chat model answers both;
-# /v1/qa its QA run, and /v1/kb/ask a reader (its "reader" field)
-MODEL_FOR = {**{path: "chat" for path in GENERATION}, "/v1/qa": "qa"}
+# /v1/qa its QA run, /v1/embeddings the classifier's encoder, and /v1/kb/ask a reader (its "reader" field)
+MODEL_FOR = {**{path: "chat" for path in GENERATION}, "/v1/qa": "qa", "/v1/embeddings": "sentiment"}
 READER_FOR = {"/v1/kb/ask": "chat"}
 seen: Counter = Counter()  # (path, status) over the whole run, to check the models were really reached
 
@@ -119,5 +119,5 @@ def test_the_models_were_reached():
     if not seen:
         pytest.skip("counts what the fuzzing tests above sent; run it with them")
     print("fuzzed:", ", ".join(f"{path} {status}: {n}" for (path, status), n in sorted(seen.items())))
-    for path in ("/v1/classify", *GENERATION, "/v1/qa", "/v1/kb/search", "/v1/kb/ask"):
+    for path in ("/v1/classify", *GENERATION, "/v1/qa", "/v1/embeddings", "/v1/kb/search", "/v1/kb/ask"):
         assert seen[(path, 200)] >= 1, (path, sorted(seen.items()))

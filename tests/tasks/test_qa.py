@@ -173,7 +173,7 @@ def test_the_api_answers_and_refuses_bad_bodies(qa_run):
         assert [r["answer"] for r in batch.json()["results"]] == [a for _, _, a in QUESTIONS]
         assert [r["score"] for r in batch.json()["results"]] == pytest.approx([e["score"] for e in expected], abs=1e-5)
         card = client.get("/v1/models").json()["data"][0]
-        assert card["task"] == "qa" and card["routes"] == ["qa"] and card["max_length"] == 64
+        assert card["task"] == "qa" and card["routes"] == ["qa", "embeddings"] and card["max_length"] == 64
         bad = {
             "no body fields": ({}, "send question and context, or inputs"),
             "no context": ({"question": question}, "context is missing"),

@@ -282,6 +282,49 @@ class FillMaskPipeline(Pipeline):
         return results
 
 
+class EmbeddingPipeline(Pipeline):
+    """Sentence vectors from an encoder: the embedded ``minilm``, any BERT-style encoder folder, or the encoder under
+    a classification or masked-LM run's head. Last hidden states mean-pooled over the real tokens and L2-normalized,
+    as sentence-transformers does for all-MiniLM-L6-v2 (:class:`lmforge.inference.embedding.SentenceEmbedder`, which
+    the knowledge bases embed with too); float32, so the vectors are the model's own. Texts longer than
+    :attr:`max_length` tokens (minilm: its sentence-transformers setting, 256) are cut, or refused."""
+
+    kind = "feature-extraction"
+    # the server micro-batches embeddings itself, over token ids tokenized once (serve/routes/embeddings.py)
+    batchable = False
+
+    def __init__(self, model_dir: Path, **kwargs: Any) -> None:
+        super().__init__(model_dir, **kwargs)
+        from lmforge.inference.embedding import SentenceEmbedder
+
+        self.embedder = SentenceEmbedder(self.model_dir, device=str(self.device))
+        self.dim, self.max_length = self.embedder.dim, self.embedder.max_length
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "max_length": self.max_length, "dimensions": self.dim}
+
+    def tokenize(self, texts: list[str], *, truncate: bool = True) -> list[list[int]]:
+        """Token ids of each text (special tokens included), cut to :attr:`max_length`; InputTooLong for a longer
+        one unless ``truncate``. From one thread at a time (the tokenizer's truncation setting is shared)."""
+        encoded = self.embedder.tokenize(texts, truncate=truncate)
+        if not truncate:
+            check_lengths([len(x) for x in encoded], self.max_length)
+        return encoded
+
+    def embed_tokens(self, encoded: list[list[int]], *, batch_size: int = 64) -> np.ndarray:
+        """``float32 [N, dim]`` unit vectors of tokenized texts, on this thread (a server's worker)."""
+        return self.embedder.embed_tokens(encoded, batch_size=batch_size, workers=1)
+
+    def predict(self, texts: str | list[str], *, batch_size: int = 64, truncate: bool = True) -> list[dict]:
+        """Per text: ``{"embedding": [dim floats], "tokens": tokens read}``."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            return []
+        encoded = self.tokenize(texts, truncate=truncate)
+        vectors = self.embedder.embed_tokens(encoded, batch_size=batch_size)
+        return [{"embedding": v.tolist(), "tokens": len(ids)} for v, ids in zip(vectors, encoded)]
+
+
 # the decoding settings a seq2seq run's config holds (tasks.seq2seq.DecodingSettings) and predict() takes
 DECODING = ("num_beams", "length_penalty", "no_repeat_ngram_size", "max_new_tokens", "do_sample")
 SAMPLING = ("temperature", "top_p", "top_k")
@@ -587,7 +630,7 @@ class QuestionAnsweringPipeline(Pipeline):
 
 PIPELINES: dict[str, type[Pipeline]] = {
     cls.kind: cls for cls in (ClassificationPipeline, GenerationPipeline, FillMaskPipeline, Seq2SeqPipeline,
-                              QuestionAnsweringPipeline)
+                              QuestionAnsweringPipeline, EmbeddingPipeline)
 }
 
 

@@ -96,7 +96,7 @@ def create_app(models: list[str] | list[tuple[str, Path]], settings: ServeSettin
             registry.load_all()
         yield
         for served in registry.models.values():
-            for batcher in (served.batcher, served.generation):
+            for batcher in (served.batcher, served.generation, served.extra.get("embeddings:batcher")):
                 if batcher:
                     await batcher.close()
         registry.shutdown()

@@ -9,7 +9,7 @@ import uuid
 
 log = logging.getLogger("lmforge")
 
-OPENAI_PATHS = ("/v1/completions", "/v1/chat/completions")
+OPENAI_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings")
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
           405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
           429: "rate_limit_error", 503: "server_error"}

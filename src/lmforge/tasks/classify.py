@@ -337,7 +337,8 @@ TASK = register(Task(
     name="classify", stage="finetune", config=FinetuneClassifyConfig, train=finetune_classify,
     evaluate=evaluate_classify, report=report_classify,
     summary="Fine-tune a text classifier (sentiment, topic, spam, ...); the best checkpoint on dev data is kept.",
-    pipeline="text-classification", routes=("classify", "explain"), architectures=("ForSequenceClassification",),
+    pipeline="text-classification", routes=("classify", "explain", "embeddings"),
+    architectures=("ForSequenceClassification",),
     flags=("model", "data", "eval", "text_field", "label_field", "max_length", "long_inputs.strategy"),
     metrics=("accuracy", "macro_f1", "n", "per_class", "baseline"),
 ))

@@ -318,6 +318,6 @@ def evaluate_mlm_nsp(run: RunDir, info: dict, options: EvalOptions) -> dict:
 TASK = register(Task(
     name="mlm-nsp", stage="pretrain", config=MlmNspConfig, train=pretrain_mlm_nsp, evaluate=evaluate_mlm_nsp,
     summary="BERT-style encoder: masked language modeling + next-sentence prediction on packed sequences",
-    pipeline="fill-mask", architectures=("ForPreTraining", "ForMaskedLM"),
+    pipeline="fill-mask", routes=("embeddings",), architectures=("ForPreTraining", "ForMaskedLM"),
     metrics=("mlm_accuracy", "perplexity", "nsp_accuracy", "loss"),
 ))

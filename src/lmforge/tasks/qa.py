@@ -230,7 +230,7 @@ def report_qa(result: dict) -> list:
 TASK = register(Task(
     name="qa", stage="finetune", config=FinetuneQAConfig, train=finetune_qa, evaluate=evaluate_qa, report=report_qa,
     summary="Fine-tune an encoder for extractive question answering (SQuAD v1.1); the best dev F1 checkpoint is kept.",
-    pipeline="question-answering", routes=("qa",), architectures=("ForQuestionAnswering",),
+    pipeline="question-answering", routes=("qa", "embeddings"), architectures=("ForQuestionAnswering",),
     flags=("model", "data", "eval", "max_length", "stride"),
     metrics=("f1", "exact_match", "n"),
 ))

@@ -43,7 +43,8 @@ class EvalOptions:
 @dataclass(frozen=True)
 class Task:
     name: str  # written to the run's lmforge.yaml as ``task``; the CLI command for fine-tuning tasks
-    stage: str  # "pretrain" (lmforge pretrain --objective NAME) or "finetune" (lmforge finetune NAME)
+    stage: str  # "pretrain" (lmforge pretrain --objective NAME), "finetune" (lmforge finetune NAME), or "none": models
+    # lmforge loads and serves as they come, without training them (embed: sentence encoders such as minilm)
     summary: str  # one line for --help
     config: type[BaseModel]  # the typed config; CLI options, YAML presets and lmforge.yaml come from its fields
     train: Callable[..., dict]  # (config, *, show_progress, started) -> run summary
