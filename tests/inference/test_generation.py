@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lmforge.inference.generation import SamplingParams, TextGenerator, shape_logits
 
 PROMPTS = ["It is a truth universally", "Mrs. Dashwood", "The family of Dashwood had long been settled in"]
-
-
-@pytest.fixture(scope="module")
-def model_and_tok(gpt_run):
-    return (AutoModelForCausalLM.from_pretrained(gpt_run / "model").eval(),
-            AutoTokenizer.from_pretrained(gpt_run / "model"))
 
 
 @pytest.mark.parametrize("engine", ["static", "hf"])
@@ -114,23 +107,6 @@ def test_repetition_penalty_reduces_repeats(model_and_tok):
 
 
 # ------------------------------------------------------------------------------------- Llama (smollm2's architecture)
-@pytest.fixture(scope="module")
-def tiny_llama(bpe_dir):
-    """A tiny random Llama built in code: grouped-query attention (4 heads, 2 KV heads), RoPE, tied embeddings."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(bpe_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         rope_theta=10000.0, tie_word_embeddings=True, pad_token_id=tok.pad_token_id,
-                         eos_token_id=tok.eos_token_id)
-    model = LlamaForCausalLM(config).eval()
-    for p in model.parameters():  # a sharper model than the init, so greedy choices are not near-ties
-        p.data *= 4
-    return model, tok
-
-
 def test_llama_static_engine_matches_hf_generate_token_for_token(tiny_llama):
     from lmforge.inference.generation import StaticLlamaEngine
 
@@ -169,13 +145,6 @@ def test_llama_engine_logits_in_each_precision(tiny_llama):
 
 
 # ------------------------------------------------------------------------------------- Gemma 3 (gemma3's architecture)
-@pytest.fixture(scope="module")
-def tiny_gemma3(tiny_gemma3_dir):
-    from transformers import Gemma3ForCausalLM
-
-    return Gemma3ForCausalLM.from_pretrained(tiny_gemma3_dir).eval(), AutoTokenizer.from_pretrained(tiny_gemma3_dir)
-
-
 LONG_PROMPTS = [p + " and " + p for p in PROMPTS]  # longer than the 6-slot window, so its band matters
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 
+from lmforge.inference.continuous import ContinuousScheduler
 from lmforge.inference.generation import TextGenerator
 
 DELAY_S = float(os.environ.get("LMFORGE_TEST_TOKEN_DELAY_S", "0.05"))
@@ -18,7 +19,16 @@ def _slow_stream(self, *args, **kwargs):
         yield delta
 
 
+_iteration = ContinuousScheduler._iteration
+
+
+def _slow_iteration(self):
+    _iteration(self)
+    time.sleep(DELAY_S)  # each decode step, on the scheduler's thread
+
+
 TextGenerator.stream = _slow_stream
+ContinuousScheduler._iteration = _slow_iteration
 
 if __name__ == "__main__":
     from lmforge.cli import main

@@ -96,7 +96,7 @@ def test_errors_in_openai_shape(client, server):
         client.completions.create(model="gpt", prompt="hi", max_tokens=100_000)
     assert too_many.value.body["param"] == "max_tokens"
     with pytest.raises(openai.BadRequestError, match="not supported"):
-        client.completions.create(model="gpt", prompt="hi", logprobs=2)
+        client.completions.create(model="gpt", prompt="hi", best_of=2)
     with pytest.raises(openai.BadRequestError, match="completions need a generative model|chat template"):
         client.chat.completions.create(model="gpt", messages=[{"role": "user", "content": "hi"}])
     wrong = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
@@ -276,13 +276,14 @@ def test_a_chat_template_that_refuses_the_messages_is_a_400(local_app):
 @pytest.mark.parametrize("route", list(ROUTES))
 def test_an_error_while_streaming_ends_with_an_error_event_and_done(local_app, route, monkeypatch, caplog):
     app, c = local_app
-    generator = app.state.registry.models[ROUTES[route]["model"]].pipeline.generator
+    scheduler = app.state.registry.models[ROUTES[route]["model"]].generation.scheduler
 
-    def failing(prompts, params, cancel=None, rows=None):
-        yield Delta(0, "half")
+    def failing():  # a decode step that streams a piece of every sequence, then fails
+        for seq in scheduler.active.values():
+            seq.emit(Delta(seq.index, "half"))
         raise RuntimeError("the accelerator fell over")
 
-    monkeypatch.setattr(generator, "stream", failing)
+    monkeypatch.setattr(scheduler, "_iteration", failing)
     with caplog.at_level(logging.ERROR, logger="lmforge"):
         response = c.post(route, json={**ROUTES[route], "stream": True})
     assert response.status_code == 200

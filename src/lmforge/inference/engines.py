@@ -45,7 +45,151 @@ class HFEngine:
         return out.logits[:, -1].float()
 
 
-class StaticGPT2Engine:
+class KVSlots:
+    """A preallocated KV cache [layers, rows, kv heads, slots, head dim] (keys and values)."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+
+    @property
+    def rows(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def slots(self) -> int:
+        return self.k.shape[3]
+
+
+class StaticEngine:
+    """What the static-cache engines share: the cache and the two ways of filling it.
+
+    * ``prefill`` / ``step``: a left-padded batch decoded in lock step (every row writes slot ``T + n`` at step n),
+      what :class:`~lmforge.inference.generation.TextGenerator` runs.
+    * ``new_cache`` / ``prefill_rows`` / ``decode_rows``: each row of the cache its own sequence from slot 0, at its
+      own length (slot = position), what the server's continuous batching runs
+      (:mod:`lmforge.inference.continuous`): rows join and leave between steps, a long prompt is read in chunks.
+
+    An engine supplies ``_run(x, positions, store, masks, wide)`` (the layers; ``store(layer, k, v)`` writes a
+    layer's keys and values and returns what its queries attend to; ``masks`` = (global, sliding-window) boolean
+    masks), ``_inputs(ids, positions, wide)``, ``_logits(hidden)``, ``_cache_shape(rows, slots)``,
+    ``_cache_dtype(device)`` and ``max_positions``.
+    """
+
+    max_positions: int
+    precision: str = "float32"
+
+    def _masks(self, mask: torch.Tensor, query_slots: torch.Tensor, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(global, sliding-window) masks from the global one; no sliding layers here."""
+        return mask, mask
+
+    def _wide(self, ids: torch.Tensor) -> bool:
+        """A long prefill runs in float32 from the low-precision weights (see :data:`WIDE_ROWS`)."""
+        return ids.numel() >= WIDE_ROWS and self.precision != "float32"
+
+    # ------------------------------------------------------------------ a left-padded batch in lock step
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, max_total: int) -> torch.Tensor:
+        batch, width = ids.shape
+        if max_total > self.max_positions:
+            raise ValueError(f"prompt + new tokens ({max_total}) exceed the model's {self.max_positions} positions")
+        self.cache = KVSlots(self._cache_shape(batch, max_total), self._cache_dtype(ids.device), ids.device)
+        self.valid = torch.zeros((batch, max_total), dtype=torch.bool, device=ids.device)  # slots a query may see
+        self.valid[:, :width] = mask.bool()
+        self.slot = width
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
+        causal = torch.ones((width, width), dtype=torch.bool, device=ids.device).tril()
+        # pad queries may see themselves, so no attention row is empty (an empty row would give NaNs)
+        allowed = (causal[None] & self.valid[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=ids.device)
+        wide = self._wide(ids)
+        masks = self._masks(allowed[:, None], torch.arange(width, device=ids.device), width)
+        hidden = self._run(self._inputs(ids, positions, wide), positions, self._shared_store(0), masks, wide)
+        self.position = positions[:, -1]
+        return self._logits(hidden[:, -1])  # [B, V]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.position = self.position + 1
+        self.valid[:, self.slot] = True
+        positions = self.position[:, None]
+        masks = self._masks(self.valid[:, None, None, : self.slot + 1],
+                            torch.tensor([self.slot], device=tokens.device), self.slot + 1)
+        hidden = self._run(self._inputs(tokens[:, None], positions, False), positions, self._shared_store(self.slot),
+                           masks, False)
+        self.slot += 1
+        return self._logits(hidden[:, -1])
+
+    def _shared_store(self, start: int):
+        """Every row writes slots start..; a prefill (start 0) attends to its own keys and values directly."""
+        cache = self.cache
+
+        def store(layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            end = start + k.shape[2]
+            cache.k[layer, :, :, start:end] = k
+            cache.v[layer, :, :, start:end] = v
+            if start == 0:
+                return k.to(cache.k.dtype), v.to(cache.v.dtype)
+            return cache.k[layer, :, :, :end], cache.v[layer, :, :, :end]
+
+        return store
+
+    # ------------------------------------------------------------------ rows of their own (continuous batching)
+    def new_cache(self, rows: int, slots: int, device: torch.device | str = "cpu") -> KVSlots:
+        slots = min(slots, self.max_positions)
+        return KVSlots(self._cache_shape(rows, slots), self._cache_dtype(torch.device(device)), torch.device(device))
+
+    def prefill_rows(self, cache: KVSlots, rows: list[int], chunks: list[list[int]], start: int) -> torch.Tensor:
+        """Read ``chunks`` (token ids; right-padded into one batch) into cache ``rows`` at slots ``start``.., every
+        row already holding ``start`` tokens; the next-token logits [len(rows), V] after each chunk's last token.
+        A shorter chunk's pad slots get garbage the row's next tokens overwrite (nothing attends past a row's
+        length)."""
+        device = cache.k.device
+        width = max(len(c) for c in chunks)
+        end = start + width
+        if end > cache.slots:
+            raise ValueError(f"{end} tokens exceed the cache's {cache.slots} slots")
+        ids = torch.zeros((len(chunks), width), dtype=torch.long)
+        for i, chunk in enumerate(chunks):
+            ids[i, : len(chunk)] = torch.tensor(chunk)
+        ids = ids.to(device)
+        index = torch.tensor(rows, device=device)
+        slots = torch.arange(start, end, device=device)
+        positions = slots[None].expand(len(chunks), width)
+
+        def store(layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            cache.k[layer, index, :, start:end] = k.to(cache.k.dtype)
+            cache.v[layer, index, :, start:end] = v.to(cache.v.dtype)
+            if start == 0:
+                return k.to(cache.k.dtype), v.to(cache.v.dtype)
+            return cache.k[layer, index, :, :end], cache.v[layer, index, :, :end]
+
+        causal = torch.arange(end, device=device)[None] <= slots[:, None]  # [T, S]
+        wide = self._wide(ids)
+        masks = self._masks(causal[None, None], slots, end)
+        hidden = self._run(self._inputs(ids, positions, wide), positions, store, masks, wide)
+        last = torch.tensor([len(c) - 1 for c in chunks], device=device)
+        return self._logits(hidden[torch.arange(len(chunks), device=device), last])
+
+    def decode_rows(self, cache: KVSlots, tokens: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """One token for each of cache rows 0..len(tokens)-1, row r's written at slot ``lengths[r]`` (what it held
+        before); the next-token logits [rows, V]. Rows not decoding may be fed anything: they write one slot at their
+        length, which their own next tokens overwrite."""
+        device = cache.k.device
+        count, end = len(lengths), max(lengths) + 1
+        lens = torch.tensor(lengths, device=device)
+        index = torch.arange(count, device=device)
+
+        def store(layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            cache.k[layer, index, :, lens] = k[:, :, 0].to(cache.k.dtype)
+            cache.v[layer, index, :, lens] = v[:, :, 0].to(cache.v.dtype)
+            return cache.k[layer, :count, :, :end], cache.v[layer, :count, :, :end]
+
+        visible = (torch.arange(end, device=device)[None] <= lens[:, None])[:, None, None]  # [B, 1, 1, S]
+        positions = lens[:, None]
+        masks = self._masks(visible, positions, end)
+        hidden = self._run(self._inputs(tokens[:, None], positions, False), positions, store, masks, False)
+        return self._logits(hidden[:, -1])
+
+
+class StaticGPT2Engine(StaticEngine):
     """A lean GPT-2 forward over the HF weights with a preallocated KV cache.
 
     Cache slots are shared by the batch: prompts are left-padded to the same width, padded slots are masked out, and
@@ -69,6 +213,7 @@ class StaticGPT2Engine:
         self.heads = model.config.n_head
         self.eps = model.config.layer_norm_epsilon
         self.wte, self.wpe = t.wte.weight, t.wpe.weight
+        self.max_positions = self.wpe.shape[0]
         self.head_weight = model.lm_head.weight
         self.ln_f = (t.ln_f.weight, t.ln_f.bias)
         self.layers = [
@@ -78,53 +223,34 @@ class StaticGPT2Engine:
             for b in t.h
         ]
 
-    def _run(self, x: torch.Tensor, start: int, attn_mask: torch.Tensor) -> torch.Tensor:
-        """x: [B, T, C] embeddings of the tokens written to slots start..start+T-1; returns hidden [B, T, C]."""
+    def _cache_shape(self, rows: int, slots: int) -> tuple[int, ...]:
+        return (len(self.layers), rows, self.heads, slots, self.wte.shape[1] // self.heads)
+
+    def _cache_dtype(self, device: torch.device) -> torch.dtype:
+        return self.wte.dtype
+
+    def _inputs(self, ids: torch.Tensor, positions: torch.Tensor, wide: bool) -> torch.Tensor:
+        return self.wte[ids] + self.wpe[positions]  # [B, T, C]
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return (hidden @ self.head_weight.T).float()
+
+    def _run(self, x: torch.Tensor, positions: torch.Tensor, store, masks, wide: bool = False) -> torch.Tensor:
+        """x: [B, T, C] embeddings (positions included); returns hidden [B, T, C]."""
         batch, width, channels = x.shape
         head_dim = channels // self.heads
-        end = start + width
         for i, (g1, b1, w_qkv, b_qkv, w_o, b_o, g2, b2, w_fc, b_fc, w_pr, b_pr) in enumerate(self.layers):
             h = F.layer_norm(x, (channels,), g1, b1, self.eps)
             qkv = torch.addmm(b_qkv, h.view(-1, channels), w_qkv).view(batch, width, 3, self.heads, head_dim)
             q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B, H, T, D]
-            self.k[i, :, :, start:end] = k
-            self.v[i, :, :, start:end] = v
-            a = F.scaled_dot_product_attention(q, self.k[i, :, :, :end], self.v[i, :, :, :end], attn_mask=attn_mask)
+            keys, values = store(i, k, v)
+            a = F.scaled_dot_product_attention(q, keys, values, attn_mask=masks[0])
             a = a.transpose(1, 2).reshape(-1, channels)  # [B*T, C]
             x = x + torch.addmm(b_o, a, w_o).view(batch, width, channels)
             h = F.layer_norm(x, (channels,), g2, b2, self.eps).view(-1, channels)
             h = F.gelu(torch.addmm(b_fc, h, w_fc), approximate="tanh")
             x = x + torch.addmm(b_pr, h, w_pr).view(batch, width, channels)
         return F.layer_norm(x, (channels,), *self.ln_f, self.eps)
-
-    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, max_total: int) -> torch.Tensor:
-        batch, width = ids.shape
-        channels = self.wte.shape[1]
-        head_dim = channels // self.heads
-        if max_total > self.wpe.shape[0]:
-            raise ValueError(f"prompt + new tokens ({max_total}) exceed the model's {self.wpe.shape[0]} positions")
-        shape = (len(self.layers), batch, self.heads, max_total, head_dim)
-        self.k = torch.zeros(shape, dtype=self.wte.dtype, device=ids.device)
-        self.v = torch.zeros(shape, dtype=self.wte.dtype, device=ids.device)
-        self.valid = torch.zeros((batch, max_total), dtype=torch.bool, device=ids.device)  # slots a query may see
-        self.valid[:, :width] = mask.bool()
-        self.slot = width
-        self.position = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
-        x = self.wte[ids] + self.wpe[self.position]  # [B, T, C]
-        causal = torch.ones((width, width), dtype=torch.bool, device=ids.device).tril()
-        # pad queries may see themselves, so no attention row is empty (an empty row would give NaNs)
-        allowed = (causal[None] & self.valid[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=ids.device)
-        hidden = self._run(x, 0, allowed[:, None])  # [B, T, C]
-        self.position = self.position[:, -1]
-        return (hidden[:, -1] @ self.head_weight.T).float()  # [B, V]
-
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        self.position = self.position + 1
-        self.valid[:, self.slot] = True
-        x = (self.wte[tokens] + self.wpe[self.position])[:, None]  # [B, 1, C]
-        hidden = self._run(x, self.slot, self.valid[:, None, None, : self.slot + 1])
-        self.slot += 1
-        return (hidden[:, -1] @ self.head_weight.T).float()
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -210,7 +336,7 @@ def activation_dtype(precision: str) -> torch.dtype:
     return torch.float32 if precision == "float32" else torch.bfloat16
 
 
-class StaticLlamaEngine:
+class StaticLlamaEngine(StaticEngine):
     """A lean Llama forward (RMSNorm, rotary positions, grouped-query attention, SwiGLU, tied or separate head) over
     the HF weights, with a preallocated KV cache: what SmolLM2 and other Llama-architecture decoders run on.
 
@@ -271,9 +397,8 @@ class StaticLlamaEngine:
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return (x.float() * cos + rotated.float() * sin).to(x.dtype)
 
-    def _run(self, x: torch.Tensor, positions: torch.Tensor, start: int, attn_mask: torch.Tensor,
-             wide: bool = False) -> torch.Tensor:
-        """x: [B, T, C] embeddings of the tokens for slots start..start+T-1 at ``positions`` [B, T]."""
+    def _run(self, x: torch.Tensor, positions: torch.Tensor, store, masks, wide: bool = False) -> torch.Tensor:
+        """x: [B, T, C] embeddings of tokens at ``positions`` [B, T] (see :class:`StaticEngine`)."""
         batch, width = x.shape[:2]
         heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
         cos, sin = self._rope(positions, self.inv_freq)
@@ -282,57 +407,26 @@ class StaticLlamaEngine:
             q, k, v = w_qkv(self._norm(x, w_in), wide).split(split, dim=-1)
             q = self._rotate(q.view(batch, width, heads, head_dim).transpose(1, 2), cos, sin)  # [B, H, T, D]
             k = self._rotate(k.view(batch, width, kv_heads, head_dim).transpose(1, 2), cos, sin)  # [B, kvH, T, D]
-            keys, values = self._cache(i, start, k, v.view(batch, width, kv_heads, head_dim).transpose(1, 2))
-            a = self._attend(q, keys, values, attn_mask)  # [B, H, T, D]
+            keys, values = store(i, k, v.view(batch, width, kv_heads, head_dim).transpose(1, 2))
+            a = self._attend(q, keys, values, masks[0])  # [B, H, T, D]
             x = x + w_o(a.transpose(1, 2).reshape(batch, width, heads * head_dim), wide)
             gate, up = w_gate_up(self._norm(x, w_post), wide).chunk(2, dim=-1)
             x = x + w_down(F.silu(gate) * up, wide)
         return self._norm(x, self.final_norm)
 
-    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, max_total: int) -> torch.Tensor:
-        batch, width = ids.shape
-        if max_total > self.max_positions:
-            raise ValueError(f"prompt + new tokens ({max_total}) exceed the model's {self.max_positions} positions")
-        shape = (len(self.layers), batch, self.kv_heads, max_total, self.head_dim)
+    def _cache_shape(self, rows: int, slots: int) -> tuple[int, ...]:
+        return (len(self.layers), rows, self.kv_heads, slots, self.head_dim)
+
+    def _cache_dtype(self, device: torch.device) -> torch.dtype:
         # on a CPU the cache stays float32 whatever the weights: attention over it runs ~8x faster than in bfloat16
         # (one decode step at 16 rows x 464 slots x 256 dims: 1.7 ms against 13 per layer, 2 cores here)
-        cache = torch.float32 if ids.device.type == "cpu" else self.dtype
-        self.k = torch.zeros(shape, dtype=cache, device=ids.device)
-        self.v = torch.zeros(shape, dtype=cache, device=ids.device)
-        self.valid = torch.zeros((batch, max_total), dtype=torch.bool, device=ids.device)  # slots a query may see
-        self.valid[:, :width] = mask.bool()
-        self.slot = width
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
-        causal = torch.ones((width, width), dtype=torch.bool, device=ids.device).tril()
-        # pad queries may see themselves, so no attention row is empty (an empty row would give NaNs)
-        allowed = (causal[None] & self.valid[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=ids.device)
-        # a long prompt runs in float32 (see WIDE_ROWS); its keys and values are stored in the cache's dtype
-        wide = ids.numel() >= WIDE_ROWS and self.precision != "float32"
-        hidden = self._run(self._embed(ids, torch.float32 if wide else self.dtype), positions, 0, allowed[:, None],
-                           wide)
-        self.position = positions[:, -1]
-        return self._logits(hidden[:, -1])  # [B, V]
+        return torch.float32 if device.type == "cpu" else self.dtype
 
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        self.position = self.position + 1
-        self.valid[:, self.slot] = True
-        hidden = self._run(self._embed(tokens[:, None], self.dtype), self.position[:, None], self.slot,
-                           self.valid[:, None, None, : self.slot + 1])
-        self.slot += 1
-        return self._logits(hidden[:, -1])
+    def _inputs(self, ids: torch.Tensor, positions: torch.Tensor, wide: bool) -> torch.Tensor:
+        return self._embed(ids, torch.float32 if wide else self.dtype)
 
     def _embed(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return self.embed[ids].to(dtype)  # [B, T, C]
-
-    def _cache(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store a layer's keys and values [B, kvH, T, D] at slots start.. and return all up to them; a prefill
-        (start 0) attends to its own, in their dtype."""
-        end = start + k.shape[2]
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        if start == 0:
-            return k.to(self.k.dtype), v.to(self.v.dtype)
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
     @staticmethod
     def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
@@ -434,17 +528,17 @@ class StaticGemma3Engine(StaticLlamaEngine):
         logits = self.head(hidden.to(self.dtype)).float()
         return logits if self.softcap is None else torch.tanh(logits / self.softcap) * self.softcap
 
-    def _run(self, x: torch.Tensor, positions: torch.Tensor, start: int, attn_mask: torch.Tensor,
-             wide: bool = False) -> torch.Tensor:
-        """As the Llama engine's; a sliding layer's mask also drops the slots ``window`` or more before the query
-        (slots and positions move together within a row, so the band is the same in either)."""
+    def _masks(self, mask: torch.Tensor, query_slots: torch.Tensor, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A sliding layer's mask also drops the slots ``window`` or more before the query's (slots and positions
+        move together within a row, so the band is the same in either)."""
+        band = query_slots[..., None] - torch.arange(end, device=mask.device) < self.window  # [T, S] or [B, T, S]
+        return mask, mask & (band[:, None] if band.dim() == 3 else band)
+
+    def _run(self, x: torch.Tensor, positions: torch.Tensor, store, masks, wide: bool = False) -> torch.Tensor:
+        """As the Llama engine's, with Gemma's norms, query/key norms, GeGLU and per-kind rotary bases."""
         batch, width = x.shape[:2]
         heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
-        end = start + width
         rope = {kind == "sliding_attention": self._rope(positions, f) for kind, f in self.inv_freqs.items()}
-        queries = torch.arange(start, end, device=x.device)[:, None]  # [T, 1]
-        band = queries - torch.arange(end, device=x.device)[None] < self.window  # [T, S]
-        masks = {False: attn_mask, True: attn_mask & band}
         split = (heads * head_dim, kv_heads * head_dim, kv_heads * head_dim)
         for i, (sliding, w_in, w_qkv, w_qn, w_kn, w_o, w_post, w_pre_ff, w_gate_up, w_down, w_post_ff) in \
                 enumerate(self.layers):
@@ -452,7 +546,7 @@ class StaticGemma3Engine(StaticLlamaEngine):
             cos, sin = rope[sliding]
             q = self._rotate(self._norm(q.view(batch, width, heads, head_dim), w_qn).transpose(1, 2), cos, sin)
             k = self._rotate(self._norm(k.view(batch, width, kv_heads, head_dim), w_kn).transpose(1, 2), cos, sin)
-            keys, values = self._cache(i, start, k, v.view(batch, width, kv_heads, head_dim).transpose(1, 2))
+            keys, values = store(i, k, v.view(batch, width, kv_heads, head_dim).transpose(1, 2))
             a = self._attend(q, keys, values, masks[sliding], self.scale)
             x = x + self._norm(w_o(a.transpose(1, 2).reshape(batch, width, heads * head_dim), wide), w_post)
             gate, up = w_gate_up(self._norm(x, w_pre_ff), wide).chunk(2, dim=-1)

@@ -64,6 +64,7 @@ class Delta:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    logprobs: list | None = None  # continuous batching, when asked: a TokenLogprob per token this delta covers
 
 
 @dataclass

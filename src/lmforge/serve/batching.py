@@ -214,3 +214,46 @@ class GenerationBatcher:
                 pass
             except Exception:
                 log.exception("the generation batching worker had stopped with an error")
+
+
+class ContinuousBatcher:
+    """Generation requests for one model on the continuous-batching scheduler
+    (:class:`lmforge.inference.continuous.ContinuousScheduler`): a request joins the running batch at the next decode
+    step and leaves it the moment it ends. The same ``stream`` as :class:`GenerationBatcher`, plus per-request
+    log-probabilities and grammars."""
+
+    def __init__(self, generator, *, max_rows: int, chunk: int, observer=None) -> None:
+        from lmforge.inference.continuous import ContinuousScheduler
+
+        self.scheduler = ContinuousScheduler(generator, rows=max_rows, chunk=chunk, observer=observer)
+
+    async def stream(self, prompts: list[Any], params, cancel, *, logprobs: int | None = None,
+                     constraints: list | None = None):
+        """Deltas of this request's prompts (``index`` counts within them), as they are decoded. Prompt ``i`` is
+        sampled with seed ``params.seed + i`` when seeded (n choices of one seeded request differ)."""
+        from lmforge.inference.continuous import Sequence
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        emit = lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)
+        encode = self.scheduler.gen.encode
+        seqs = [Sequence(encode(p) if isinstance(p, str) else list(p), params, emit, cancel=cancel, index=i,
+                         logprobs=logprobs, constraint=constraints[i] if constraints else None,
+                         seed=None if params.seed is None else params.seed + i)
+                for i, p in enumerate(prompts)]
+        self.scheduler.submit(seqs)
+        left = len(seqs)
+        try:
+            while left:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item.finish_reason:
+                    left -= 1
+                yield item
+        finally:
+            if left:
+                cancel.set()  # the request went away: its rows leave at the next step
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.scheduler.close)

@@ -24,5 +24,57 @@ class ServerMetrics:
         self.generated_tokens = Counter(
             "lmforge_generated_tokens_total", "tokens generated", ["model"], registry=self.registry
         )
+        # the generation scheduler's, named as vLLM's where they mean the same (vllm:num_requests_running, ...)
+        label = ["model_name"]
+        self.running = Gauge("lmforge:num_requests_running", "sequences in the decoding batch (reading their prompt "
+                             "or generating)", label, registry=self.registry)
+        self.waiting = Gauge("lmforge:num_requests_waiting", "sequences waiting for a row of the batch", label,
+                             registry=self.registry)
+        self.ttft = Histogram("lmforge:time_to_first_token_seconds", "from arrival to the first generated token",
+                              label, registry=self.registry,
+                              buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2.5, 5, 10, 20, 40))
+        self.itl = Histogram("lmforge:inter_token_latency_seconds", "between two tokens of one sequence", label,
+                             registry=self.registry,
+                             buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2.5))
+        self.prompt_tokens = Counter("lmforge:prompt_tokens", "prompt tokens read", label, registry=self.registry)
+        self.generation_tokens = Counter("lmforge:generation_tokens", "tokens generated", label,
+                                         registry=self.registry)
+        self.tokens_per_second = Gauge("lmforge:generation_tokens_per_second", "tokens generated per second over "
+                                       "the last 10 seconds, all sequences together", label, registry=self.registry)
         self.ready = Gauge("lmforge_ready", "1 when every model is loaded and the server is not draining",
                            registry=self.registry)
+
+
+class GenerationObserver:
+    """The scheduler's reports (lmforge.inference.continuous.Observer) as one model's metrics."""
+
+    WINDOW = 10.0
+
+    def __init__(self, metrics: ServerMetrics, model: str) -> None:
+        self.m, self.model = metrics, model
+        self._steps: list[tuple[float, int]] = []  # (time, rows decoded) in the last WINDOW seconds
+
+    def queue(self, waiting: int, running: int) -> None:
+        self.m.waiting.labels(self.model).set(waiting)
+        self.m.running.labels(self.model).set(running)
+
+    def first_token(self, seconds: float) -> None:
+        self.m.ttft.labels(self.model).observe(seconds)
+
+    def inter_token(self, seconds: float) -> None:
+        self.m.itl.labels(self.model).observe(seconds)
+
+    def tokens(self, prompt: int, generated: int) -> None:
+        self.m.prompt_tokens.labels(self.model).inc(prompt)
+        self.m.generation_tokens.labels(self.model).inc(generated)
+
+    def step(self, rows: int) -> None:
+        import time
+
+        now = time.monotonic()
+        self._steps.append((now, rows))
+        while self._steps and self._steps[0][0] < now - self.WINDOW:
+            self._steps.pop(0)
+        span = max(now - self._steps[0][0], 1.0)
+        self.m.tokens_per_second.labels(self.model).set(sum(r for _, r in self._steps) / span)
+        self.m.batch_size.labels(self.model).observe(rows)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmforge.serve.batching import GenerationBatcher, MicroBatcher
+from lmforge.serve.batching import ContinuousBatcher, GenerationBatcher, MicroBatcher
 
 log = logging.getLogger("lmforge")
 
@@ -24,7 +24,7 @@ class ServedModel:
     batcher: MicroBatcher | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     error: str | None = None
-    generation: GenerationBatcher | None = None  # generative models: concurrent requests decoded as one batch
+    generation: ContinuousBatcher | GenerationBatcher | None = None  # generative models' batching
     routes: tuple[str, ...] = ()  # the server routes that answer this model (from its task in the task registry)
     card_metrics: tuple[str, ...] = ()  # eval.json keys its model card shows (ditto)
     extra: dict = field(default_factory=dict)  # what routes work out once per model (e.g. its parameter count)
@@ -77,7 +77,14 @@ class ModelRegistry:
                 served.pipeline = load(served.path, name=served.name, precision=self.settings.precision)
                 task = registry.get(served.pipeline.task)
                 served.routes, served.card_metrics = task.routes, task.metrics
-                if hasattr(served.pipeline, "generator"):
+                generator = getattr(served.pipeline, "generator", None)
+                if generator is not None and generator.static is not None and self.settings.scheduler == "continuous":
+                    from lmforge.serve.metrics import GenerationObserver
+
+                    served.generation = ContinuousBatcher(
+                        generator, max_rows=self.settings.generation_batch, chunk=self.settings.prefill_chunk,
+                        observer=GenerationObserver(self.metrics, served.name))
+                elif generator is not None:  # a model lmforge has no static-cache engine for: the batch runs out
                     served.generation = GenerationBatcher(
                         served.pipeline.generator, served.executor, max_rows=self.settings.generation_batch,
                         max_wait_ms=self.settings.batch_wait_ms,

@@ -35,8 +35,12 @@ class ServeSettings(BaseSettings):
     drain_timeout_s: float = Field(
         30.0, ge=0, description="after SIGTERM and the shutdown delay: how long requests already in flight may take "
                                 "to finish; those still running then are dropped and the process exits with status 3")
-    generation_batch: int = Field(8, ge=1, description="most sequences decoded together (concurrent generation "
-                                  "requests that sample alike share a batch)")
+    generation_batch: int = Field(16, ge=1, description="most sequences decoded together; more wait for a row")
+    scheduler: Literal["continuous", "static"] = Field(
+        "continuous", description="generation batching: continuous (requests join and leave the running batch at "
+        "every decode step) or static (a batch runs to its end; requests that sample alike share the next one)")
+    prefill_chunk: int = Field(256, ge=16, description="continuous: prompt tokens read per step between decode steps "
+                               "(a longer prompt is read in chunks, so running streams keep flowing)")
     max_new_tokens: int = Field(512, ge=1, description="cap on tokens generated per request")
     precision: Literal["auto", "float32", "bfloat16", "int8"] = Field(
         "auto", description="weights generative models decode with: auto (int8 on a CPU, bfloat16 on a GPU, for "

@@ -102,7 +102,8 @@ class CompletionRequest(_Sampling):
     max_tokens: int | None = Field(None, ge=1, description="tokens to generate: 16 when not given (or the server's cap, "
                                                          "if lower)")
     echo: bool = False
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=5, description="log-probabilities of each generated token and of "
+                                 "the N likeliest at its step (0 to 5)")
     best_of: int | None = None
     suffix: str | None = None
 
@@ -118,11 +119,14 @@ class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
+    logprobs: bool | None = Field(None, description="return each generated token's log-probability")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="with logprobs: also the N likeliest tokens "
+                                     "at each step (0 to 20)")
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
-    response_format: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = Field(
+        None, description='{"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "json_schema": '
+        '{"name": ..., "schema": {...}}}: the output is constrained while it is decoded to JSON (matching the schema)')
 
 
 def _bad(message: str, param: str | None = None) -> HTTPException:
@@ -135,15 +139,49 @@ def _unsupported(body: _Sampling) -> None:
     checks = [("presence_penalty", body.presence_penalty != 0), ("frequency_penalty", body.frequency_penalty != 0),
               ("logit_bias", bool(body.logit_bias))]
     if isinstance(body, CompletionRequest):
-        checks += [("logprobs", body.logprobs is not None), ("best_of", body.best_of not in (None, 1)),
-                   ("suffix", body.suffix is not None)]
+        checks += [("best_of", body.best_of not in (None, 1)), ("suffix", body.suffix is not None)]
     if isinstance(body, ChatRequest):
-        checks += [("logprobs", bool(body.logprobs)), ("tools", bool(body.tools)),
-                   ("response_format", body.response_format not in (None, {"type": "text"}))]
+        checks += [("tools", bool(body.tools)), ("tool_choice", body.tool_choice not in (None, "none"))]
+        if body.top_logprobs is not None and not body.logprobs:
+            raise _bad("'top_logprobs' needs 'logprobs': true", "top_logprobs")
     for name, used in checks:
         if used:
             raise _bad(f"'{name}' is not supported by lmforge; remove it (top_k and repetition_penalty are available)",
                        name)
+
+
+def _logprobs_asked(body: _Sampling) -> int | None:
+    """How many alternatives per token the request wants log-probabilities for (None: no log-probabilities)."""
+    if isinstance(body, CompletionRequest):
+        return body.logprobs
+    return (body.top_logprobs or 0) if body.logprobs else None
+
+
+async def _extras(served: ServedModel, body: _Sampling, count: int) -> dict:
+    """What only the continuous scheduler does: per-token log-probabilities and a grammar per sequence."""
+    from lmforge.serve.batching import ContinuousBatcher
+
+    asked = {"logprobs": _logprobs_asked(body)}
+    response_format = getattr(body, "response_format", None)
+    structured = response_format not in (None, {"type": "text"})
+    if (asked["logprobs"] is not None or structured) and not isinstance(served.generation, ContinuousBatcher):
+        name = "logprobs" if asked["logprobs"] is not None else "response_format"
+        raise _bad(f"'{name}' needs the continuous scheduler, which model '{served.name}' is not served with "
+                   "(a model lmforge has no static-cache engine for, or --scheduler static)", name)
+    if structured:
+        asked["constraints"] = await _off_loop(_constraints, served, response_format, count)  # ~1 ms a schema
+    return asked
+
+
+def _constraints(served: ServedModel, response_format: dict, count: int) -> list:
+    from lmforge.inference.structured import grammar_for
+
+    generator = served.pipeline.generator
+    try:
+        grammar = grammar_for(generator.tokenizer, response_format, generator.eos_ids)
+    except ValueError as exc:  # ResponseFormatError: its message names the part of response_format at fault
+        raise _bad(str(exc), "response_format") from exc
+    return [grammar.constraint() for _ in range(count)]
 
 
 def _stops(stop: str | list[str] | None) -> list[str]:
@@ -188,11 +226,11 @@ def _generative(registry, name: str) -> ServedModel:
 
 
 async def _run_stream(served: ServedModel, prompts: list, params: SamplingParams, cancel: threading.Event,
-                      metrics) -> AsyncIterator[Delta]:
-    """Generate on the model's worker thread (batched with concurrent requests that sample alike), handing deltas to
-    the event loop as they come."""
+                      metrics, extras: dict | None = None) -> AsyncIterator[Delta]:
+    """Generate (batched with concurrent requests), handing deltas to the event loop as they come."""
     try:
-        async for item in served.generation.stream(prompts, params, cancel):
+        async for item in served.generation.stream(prompts, params, cancel, **{k: v for k, v in (extras or {}).items()
+                                                                              if v is not None}):
             if item.finish_reason:
                 metrics.generated_tokens.labels(served.name).inc(item.completion_tokens)
             yield item
@@ -200,14 +238,32 @@ async def _run_stream(served: ServedModel, prompts: list, params: SamplingParams
         cancel.set()  # a client that went away stops its sequence at the next token; the batch goes on
 
 
-async def _collect(stream: AsyncIterator[Delta], count: int) -> tuple[list[str], list[str], list[int]]:
-    """Drain a stream into per-choice texts, finish reasons and completion token counts."""
-    texts, reasons, counts = [""] * count, ["length"] * count, [0] * count
+async def _collect(stream: AsyncIterator[Delta], count: int) -> tuple[list[str], list[str], list[int], list[list]]:
+    """Drain a stream into per-choice texts, finish reasons, completion token counts and token log-probabilities."""
+    texts, reasons, counts, records = [""] * count, ["length"] * count, [0] * count, [[] for _ in range(count)]
     async for d in stream:
         texts[d.index] += d.text
+        records[d.index] += d.logprobs or []
         if d.finish_reason:
             reasons[d.index], counts[d.index] = d.finish_reason, d.completion_tokens
-    return texts, reasons, counts
+    return texts, reasons, counts, records
+
+
+def _chat_logprobs(records: list) -> dict:
+    """OpenAI's chat ``logprobs``: {"content": [{token, logprob, bytes, top_logprobs}]}."""
+    entry = lambda token, logprob: {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+    return {"content": [{**entry(r.token, r.logprob), "top_logprobs": [entry(t, lp) for t, lp in r.top]}
+                        for r in records], "refusal": None}
+
+
+def _completion_logprobs(records: list, offset: int) -> dict:
+    """OpenAI's legacy completion ``logprobs``: tokens, token_logprobs, top_logprobs, text_offset."""
+    offsets = []
+    for r in records:
+        offsets.append(offset)
+        offset += len(r.token)
+    return {"tokens": [r.token for r in records], "token_logprobs": [r.logprob for r in records],
+            "top_logprobs": [dict(r.top) for r in records], "text_offset": offsets}
 
 
 def _sse(data: dict | str) -> bytes:
@@ -250,8 +306,10 @@ async def completions(body: CompletionRequest, request: Request, registry: Regis
     ident, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     prefix = [prompts[i // body.n] if body.echo else "" for i in range(len(batch))]
     prompt_tokens = sum(len(e) for e in encoded)
+    extras = await _extras(served, body, len(batch))
     cancel = threading.Event()
-    stream = _run_stream(served, batch, params, cancel, request.app.state.metrics)
+    stream = _run_stream(served, batch, params, cancel, request.app.state.metrics, extras)
+    logprobs = extras["logprobs"] is not None
 
     def chunk(choices: list[dict], usage: dict | None = None) -> dict:
         out = {"id": ident, "object": "text_completion", "created": created, "model": served.name, "choices": choices}
@@ -262,21 +320,26 @@ async def completions(body: CompletionRequest, request: Request, registry: Regis
     if body.stream:
         async def events():
             completion_tokens = 0
+            offsets = [len(p) for p in prefix]  # where each choice's next token starts in its text
             sent_prefix = set()
             async for d in stream:
                 text = (prefix[d.index] if d.index not in sent_prefix else "") + d.text
                 sent_prefix.add(d.index)
                 completion_tokens += d.completion_tokens
-                yield _sse(chunk([{"index": d.index, "text": text, "logprobs": None, "finish_reason": d.finish_reason}]))
+                scores = _completion_logprobs(d.logprobs or [], offsets[d.index]) if logprobs else None
+                offsets[d.index] += len(d.text)
+                yield _sse(chunk([{"index": d.index, "text": text, "logprobs": scores,
+                                   "finish_reason": d.finish_reason}]))
             if body.stream_options and body.stream_options.include_usage:
                 yield _sse(chunk([], _usage(prompt_tokens, completion_tokens)))
             yield _sse("[DONE]")
 
         return _streaming(events(), request)
-    texts, reasons, counts = await _collect(stream, len(batch))
+    texts, reasons, counts, records = await _collect(stream, len(batch))
     return JSONResponse({
         "id": ident, "object": "text_completion", "created": created, "model": served.name,
-        "choices": [{"index": i, "text": prefix[i] + t, "logprobs": None, "finish_reason": reasons[i]}
+        "choices": [{"index": i, "text": prefix[i] + t, "finish_reason": reasons[i],
+                     "logprobs": _completion_logprobs(records[i], len(prefix[i])) if logprobs else None}
                     for i, t in enumerate(texts)],
         "usage": _usage(prompt_tokens, sum(counts)),
     })
@@ -317,9 +380,11 @@ async def chat_completions(body: ChatRequest, request: Request, registry: Regist
     max_new = _budget(served, [len(prompt)], requested, settings, None)
     params = _params(body, max_new)
     ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    extras = await _extras(served, body, body.n)
     cancel = threading.Event()
-    stream = _run_stream(served, [prompt] * body.n, params, cancel, request.app.state.metrics)
+    stream = _run_stream(served, [prompt] * body.n, params, cancel, request.app.state.metrics, extras)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    logprobs = extras["logprobs"] is not None
 
     def chunk(choices: list[dict], usage: dict | None = None) -> dict:
         out = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": served.name,
@@ -335,8 +400,11 @@ async def chat_completions(body: ChatRequest, request: Request, registry: Regist
                 yield _sse(chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]))
             async for d in stream:
                 completion_tokens += d.completion_tokens
-                if d.text:
-                    yield _sse(chunk([{"index": d.index, "delta": {"content": d.text}, "finish_reason": None}]))
+                if d.text or d.logprobs:
+                    choice = {"index": d.index, "delta": {"content": d.text}, "finish_reason": None}
+                    if logprobs:
+                        choice["logprobs"] = _chat_logprobs(d.logprobs or [])
+                    yield _sse(chunk([choice]))
                 if d.finish_reason:
                     yield _sse(chunk([{"index": d.index, "delta": {}, "finish_reason": d.finish_reason}]))
             if include_usage:
@@ -344,10 +412,10 @@ async def chat_completions(body: ChatRequest, request: Request, registry: Regist
             yield _sse("[DONE]")
 
         return _streaming(events(), request)
-    texts, reasons, counts = await _collect(stream, body.n)
+    texts, reasons, counts, records = await _collect(stream, body.n)
     return JSONResponse({
         "id": ident, "object": "chat.completion", "created": created, "model": served.name,
         "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": reasons[i],
-                     "logprobs": None} for i, t in enumerate(texts)],
+                     "logprobs": _chat_logprobs(records[i]) if logprobs else None} for i, t in enumerate(texts)],
         "usage": _usage(len(prompt), sum(counts)),
     })
