@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import httpx
+import jsonschema
 import openai
 import pytest
 from fastapi.testclient import TestClient
@@ -107,7 +109,7 @@ def test_errors_in_openai_shape(client, server):
 
 
 def _metric(server, name: str) -> float:
-    for line in httpx.get(server.url + "/metrics").text.splitlines():
+    for line in httpx.get(server.url + "/metrics", headers=AUTH).text.splitlines():
         if line.startswith(name):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
@@ -142,6 +144,114 @@ def test_concurrent_streams_all_complete(client):
     [t.start() for t in threads]
     [t.join(60) for t in threads]
     assert len(results) == 4 and len(set(results)) == 1
+
+
+# ------------------------------------------------------------------ structured outputs, logprobs, n, streaming usage
+REVIEW = {"type": "object", "properties": {"mood": {"enum": ["happy", "sad", "bored"]},
+                                           "stars": {"type": "integer", "minimum": 1, "maximum": 5},
+                                           "tags": {"type": "array", "items": {"type": "string", "maxLength": 8},
+                                                    "maxItems": 3}},
+          "required": ["mood", "stars", "tags"], "additionalProperties": False}
+SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {"name": "review", "schema": REVIEW, "strict": True}}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_json_schema_output_parses_and_validates(client, seed):
+    """A tiny model that knows no JSON, sampled at temperature 1: the grammar alone makes the output valid."""
+    response = client.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "Review the film as JSON."}], temperature=1.0,
+        seed=seed, max_tokens=300, response_format=SCHEMA_FORMAT)
+    choice = response.choices[0]
+    assert choice.finish_reason == "stop", choice.message.content
+    jsonschema.validate(json.loads(choice.message.content), REVIEW)
+
+
+def test_structured_output_streams_and_a_bad_schema_is_a_400(client):
+    stream = client.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "Hi"}], max_tokens=300, temperature=0.8, seed=3,
+        response_format=SCHEMA_FORMAT, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    jsonschema.validate(json.loads(text), REVIEW)
+    assert chunks[-1].usage.completion_tokens >= 10
+    # json_object: an object from the first token (free-form strings may run to max_tokens, as on OpenAI's API)
+    free = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
+                                          temperature=0, response_format={"type": "json_object"})
+    assert free.choices[0].message.content.lstrip().startswith("{")
+    for bad, says in (({"type": "json_schema"}, "json_schema"), ({"type": "xml"}, "xml"),
+                      ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}},
+                       "schema")):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "Hi"}],
+                                           max_tokens=5, response_format=bad)
+        assert refused.value.body["param"] == "response_format" and says in refused.value.message
+
+
+def test_chat_logprobs_are_the_models_own_and_greedy_takes_the_likeliest(client):
+    response = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "What is AI?"}],
+                                              max_tokens=12, temperature=0, logprobs=True, top_logprobs=3)
+    choice = response.choices[0]
+    content = choice.logprobs.content
+    assert len(content) == response.usage.completion_tokens - (choice.finish_reason == "stop")
+    assert "".join(t.token for t in content) == choice.message.content
+    for entry in content:
+        top = entry.top_logprobs
+        assert len(top) == 3 and [t.logprob for t in top] == sorted((t.logprob for t in top), reverse=True)
+        assert entry.token == top[0].token and entry.logprob == pytest.approx(top[0].logprob)
+        assert sum(math.exp(t.logprob) for t in top) <= 1 + 1e-4 and entry.bytes == list(entry.token.encode())
+    plain = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "What is AI?"}],
+                                           max_tokens=12, temperature=0)
+    assert plain.choices[0].message.content == choice.message.content and plain.choices[0].logprobs is None
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "Hi"}], top_logprobs=2)
+    assert refused.value.body["param"] == "top_logprobs"
+
+
+def test_completion_logprobs_stream_like_the_whole_answer(client):
+    whole = client.completions.create(model="gpt", prompt="It is a truth", max_tokens=10, temperature=0, logprobs=2)
+    scores = whole.choices[0].logprobs
+    assert "".join(scores.tokens) == whole.choices[0].text and len(scores.tokens) == 10
+    assert scores.text_offset == [sum(len(t) for t in scores.tokens[:i]) for i in range(10)]
+    assert all(len(top) <= 2 and max(top.values()) == pytest.approx(lp)
+               for top, lp in zip(scores.top_logprobs, scores.token_logprobs))
+    streamed = list(client.completions.create(model="gpt", prompt="It is a truth", max_tokens=10, temperature=0,
+                                              logprobs=2, stream=True))
+    tokens = [t for c in streamed if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.tokens]
+    assert tokens == scores.tokens
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="gpt", prompt="Hi", max_tokens=3, logprobs=6)
+
+
+def test_n_choices_stream_with_usage_counting_them_all(client):
+    ask = {"model": "chat", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 10, "temperature": 1.0,
+           "seed": 5, "n": 3}
+    whole = client.chat.completions.create(**ask)
+    assert [c.index for c in whole.choices] == [0, 1, 2]
+    assert len({c.message.content for c in whole.choices}) > 1  # each choice samples its own stream
+    chunks = list(client.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True}))
+    texts = ["", "", ""]
+    for c in chunks:
+        for choice in c.choices:
+            texts[choice.index] += choice.delta.content or ""
+    assert texts == [c.message.content for c in whole.choices]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_scheduler_metrics_count_what_a_request_did(client, server):
+    label = '{model_name="gpt"}'
+    names = ("lmforge:generation_tokens_total", "lmforge:prompt_tokens_total",
+             "lmforge:time_to_first_token_seconds_count", "lmforge:inter_token_latency_seconds_count")
+    before = {n: _metric(server, n + label) for n in names}
+    response = client.completions.create(model="gpt", prompt="It is a truth universally", max_tokens=7,
+                                         temperature=0)
+    after = {n: _metric(server, n + label) - before[n] for n in names}
+    generated = response.usage.completion_tokens
+    assert after == {"lmforge:generation_tokens_total": generated,
+                     "lmforge:prompt_tokens_total": response.usage.prompt_tokens,
+                     "lmforge:time_to_first_token_seconds_count": 1,
+                     "lmforge:inter_token_latency_seconds_count": generated - 1}
+    assert _metric(server, "lmforge:num_requests_running" + label) == 0
+    assert _metric(server, "lmforge:num_requests_waiting" + label) == 0
 
 
 # ------------------------------------------------------------------ invalid sampling parameters: 400, never a 500

@@ -137,6 +137,7 @@ class ContinuousScheduler:
                     seq.emit(exc)  # type: ignore[arg-type]  # the consumer raises it
                     self._free(seq)
                 self.cache = None
+            self.observer.queue(len(self.waiting), len(self.active))  # rows that just ended leave the gauge now
 
     def _admit(self) -> None:
         """Waiting sequences into free rows, oldest first (under the condition's lock)."""
