@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lmforge.serve.batching import MicroBatcher
 from lmforge.serve.deps import ApiKey, Ready, Registry, Settings, check_text
 from lmforge.serve.registry import ModelRegistry, ServedModel
-from lmforge.serve.routes.openai import OpenAIError
+from lmforge.serve.routes.openai import OpenAIError, bad_request
 from lmforge.serve.schemas import error_responses
 from lmforge.serve.settings import ServeSettings
 
@@ -74,19 +74,13 @@ RESPONSES = {
 }
 
 
-def _bad(message: str, param: str | None = None) -> HTTPException:
-    error = HTTPException(400, message)
-    error.param = param  # type: ignore[attr-defined]  # OpenAI's error body names the offending parameter
-    return error
-
-
 def _encoder(registry: ModelRegistry, name: str) -> ServedModel:
     served = registry.models.get(name)
     if served is None:
         raise HTTPException(404, f"The model '{name}' does not exist; loaded: {', '.join(registry.models)}")
     if ROUTE not in served.routes:
         answering = [n for n, m in registry.models.items() if ROUTE in m.routes]
-        raise _bad(f"model '{name}' is a {served.task} model, which gives no embeddings; "
+        raise bad_request(f"model '{name}' is a {served.task} model, which gives no embeddings; "
                    + (f"models that do: {', '.join(answering)}" if answering else
                       "serve an encoder for them: minilm, or a classification or masked-LM run"), "model")
     return served
@@ -96,18 +90,18 @@ def _texts(given: str | list, settings: ServeSettings) -> list[str]:
     """The request's texts, checked against the server's limits (a 400 naming the input that breaks one)."""
     texts = [given] if isinstance(given, str) else given
     if not texts:
-        raise _bad("'input' is empty: send a text or a list of texts", "input")
+        raise bad_request("'input' is empty: send a text or a list of texts", "input")
     if not all(isinstance(t, str) for t in texts):
-        raise _bad("token-id input is not supported: each lmforge model has its own vocabulary, so send the texts",
+        raise bad_request("token-id input is not supported: each lmforge model has its own vocabulary, so send the texts",
                    "input")
     if len(texts) > settings.max_batch_inputs:
-        raise _bad(f"{len(texts)} inputs in one request; the limit is {settings.max_batch_inputs}: split them over "
+        raise bad_request(f"{len(texts)} inputs in one request; the limit is {settings.max_batch_inputs}: split them over "
                    "several requests", "input")
     for i, text in enumerate(texts):
         try:
             check_text(text, "input" if isinstance(given, str) else f"input {i}", settings)
         except HTTPException as exc:  # the server's own limits, in OpenAI's words
-            raise _bad(str(exc.detail), "input") from None
+            raise bad_request(str(exc.detail), "input") from None
     return texts
 
 
@@ -151,14 +145,14 @@ async def embeddings(body: EmbeddingRequest, request: Request, registry: Registr
     loop = asyncio.get_running_loop()
     pipeline = await loop.run_in_executor(served.executor, _pipeline, served)
     if body.dimensions is not None and body.dimensions != pipeline.dim:
-        raise _bad(f"model '{served.name}' gives {pipeline.dim}-dimensional vectors and cannot shorten them: send "
+        raise bad_request(f"model '{served.name}' gives {pipeline.dim}-dimensional vectors and cannot shorten them: send "
                    f"dimensions {pipeline.dim}, or leave it out", "dimensions")
     # tokenizing 64 long texts is CPU work: on the model's worker, which also owns the tokenizer's truncation setting
     tokenize = functools.partial(pipeline.tokenize, texts, truncate=body.truncate)
     try:
         encoded = await loop.run_in_executor(served.executor, tokenize)
     except InputTooLong as exc:
-        raise _bad(f"{exc.what}; {exc.fix}", "input") from None
+        raise bad_request(f"{exc.what}; {exc.fix}", "input") from None
     vectors = await _batcher(served, pipeline, settings, request.app.state.metrics).submit(encoded)
     tokens = sum(len(ids) for ids in encoded)
     return JSONResponse({

@@ -129,7 +129,8 @@ class ChatRequest(_Sampling):
         '{"name": ..., "schema": {...}}}: the output is constrained while it is decoded to JSON (matching the schema)')
 
 
-def _bad(message: str, param: str | None = None) -> HTTPException:
+def bad_request(message: str, param: str | None = None) -> HTTPException:
+    """A 400 in OpenAI's shape naming the request field at fault (the OpenAI routes' one refusal)."""
     error = HTTPException(400, message)
     error.param = param  # type: ignore[attr-defined]  # OpenAI's error body names the offending parameter
     return error
@@ -143,10 +144,10 @@ def _unsupported(body: _Sampling) -> None:
     if isinstance(body, ChatRequest):
         checks += [("tools", bool(body.tools)), ("tool_choice", body.tool_choice not in (None, "none"))]
         if body.top_logprobs is not None and not body.logprobs:
-            raise _bad("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+            raise bad_request("'top_logprobs' needs 'logprobs': true", "top_logprobs")
     for name, used in checks:
         if used:
-            raise _bad(f"'{name}' is not supported by lmforge; remove it (top_k and repetition_penalty are available)",
+            raise bad_request(f"'{name}' is not supported by lmforge; remove it (top_k and repetition_penalty are available)",
                        name)
 
 
@@ -166,7 +167,7 @@ async def _extras(served: ServedModel, body: _Sampling, count: int) -> dict:
     structured = response_format not in (None, {"type": "text"})
     if (asked["logprobs"] is not None or structured) and not isinstance(served.generation, ContinuousBatcher):
         name = "logprobs" if asked["logprobs"] is not None else "response_format"
-        raise _bad(f"'{name}' needs the continuous scheduler, which model '{served.name}' is not served with "
+        raise bad_request(f"'{name}' needs the continuous scheduler, which model '{served.name}' is not served with "
                    "(a model lmforge has no static-cache engine for, or --scheduler static)", name)
     if structured:
         asked["constraints"] = await _off_loop(_constraints, served, response_format, count)  # ~1 ms a schema
@@ -180,14 +181,14 @@ def _constraints(served: ServedModel, response_format: dict, count: int) -> list
     try:
         grammar = grammar_for(generator.tokenizer, response_format, generator.eos_ids)
     except ValueError as exc:  # ResponseFormatError: its message names the part of response_format at fault
-        raise _bad(str(exc), "response_format") from exc
+        raise bad_request(str(exc), "response_format") from exc
     return [grammar.constraint() for _ in range(count)]
 
 
 def _stops(stop: str | list[str] | None) -> list[str]:
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if len(stops) > 4:
-        raise _bad(f"'stop' takes at most 4 sequences, got {len(stops)}", "stop")
+        raise bad_request(f"'stop' takes at most 4 sequences, got {len(stops)}", "stop")
     return [s for s in stops if s]
 
 
@@ -203,14 +204,14 @@ def _budget(served: ServedModel, prompt_lengths: list[int], requested: int | Non
     limit_prompt = settings.max_prompt_tokens or context
     longest = max(prompt_lengths)
     if longest > limit_prompt:
-        raise _bad(f"the prompt has {longest} tokens; this server accepts at most {limit_prompt}", "messages")
+        raise bad_request(f"the prompt has {longest} tokens; this server accepts at most {limit_prompt}", "messages")
     # unasked, the default never exceeds the cap: a server started with a cap below 16 still answers plain requests
     max_new = requested if requested is not None else min(default or settings.max_new_tokens, settings.max_new_tokens)
     if max_new > settings.max_new_tokens:
-        raise _bad(f"max_tokens is {max_new}; this server generates at most {settings.max_new_tokens} per request",
+        raise bad_request(f"max_tokens is {max_new}; this server generates at most {settings.max_new_tokens} per request",
                    "max_tokens")
     if requested is not None and longest + max_new > context:
-        raise _bad(f"This model's maximum context length is {context} tokens. However, you requested "
+        raise bad_request(f"This model's maximum context length is {context} tokens. However, you requested "
                    f"{longest + max_new} tokens ({longest} in the prompt, {max_new} for the completion). Please "
                    "reduce the prompt or the completion length.", "max_tokens")
     return max(1, min(max_new, context - longest))
@@ -221,7 +222,7 @@ def _generative(registry, name: str) -> ServedModel:
     if served is None:
         raise HTTPException(404, f"The model '{name}' does not exist; loaded: {', '.join(registry.models)}")
     if ROUTE not in served.routes:
-        raise _bad(f"model '{name}' is a {served.task} model; completions need a generative model", "model")
+        raise bad_request(f"model '{name}' is a {served.task} model; completions need a generative model", "model")
     return served
 
 
@@ -298,7 +299,7 @@ async def completions(body: CompletionRequest, request: Request, registry: Regis
     served = _generative(registry, body.model)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if not prompts or len(prompts) * body.n > settings.max_batch_inputs:
-        raise _bad(f"send 1 to {settings.max_batch_inputs} prompts (times n)", "prompt")
+        raise bad_request(f"send 1 to {settings.max_batch_inputs} prompts (times n)", "prompt")
     encoded = await _off_loop(lambda: [served.pipeline.prompt_ids(p) for p in prompts])
     max_new = _budget(served, [len(e) for e in encoded], body.max_tokens, settings, 16)
     params = _params(body, max_new)
@@ -351,7 +352,7 @@ def _message_text(message: ChatMessage) -> dict[str, str]:
         parts = []
         for part in content:
             if part.get("type") != "text":
-                raise _bad(f"content parts of type '{part.get('type')}' are not supported; send text", "messages")
+                raise bad_request(f"content parts of type '{part.get('type')}' are not supported; send text", "messages")
             parts.append(str(part.get("text", "")))
         content = "".join(parts)
     role = "system" if message.role == "developer" else message.role
@@ -366,7 +367,7 @@ async def _chat_prompt(served: ServedModel, messages: list[dict[str, str]]) -> l
     try:
         return await _off_loop(served.pipeline.chat_prompt, messages)
     except TemplateError as exc:  # e.g. a template's raise_exception("roles must alternate ...")
-        raise _bad(f"model '{served.name}' cannot format these messages: {exc}", "messages") from exc
+        raise bad_request(f"model '{served.name}' cannot format these messages: {exc}", "messages") from exc
 
 
 @router.post("/chat/completions", summary="OpenAI-compatible chat completion", responses=OPENAI_RESPONSES)
@@ -374,7 +375,7 @@ async def chat_completions(body: ChatRequest, request: Request, registry: Regist
     _unsupported(body)
     served = _generative(registry, body.model)
     if not served.pipeline.has_chat_template:
-        raise _bad(served.pipeline.no_chat.what + "; " + served.pipeline.no_chat.fix, "model")
+        raise bad_request(served.pipeline.no_chat.what + "; " + served.pipeline.no_chat.fix, "model")
     prompt = await _chat_prompt(served, [_message_text(m) for m in body.messages])
     requested = body.max_completion_tokens or body.max_tokens
     max_new = _budget(served, [len(prompt)], requested, settings, None)
