@@ -61,6 +61,26 @@ class KVSlots:
         return self.k.shape[3]
 
 
+ALL = slice(None)  # every row of a cache
+
+
+def _slot_store(cache: KVSlots, rows: slice | torch.Tensor, start: int):
+    """``store(layer, k, v)`` for an engine's ``_run``: ``rows`` of the cache (:data:`ALL`, or an index) write their
+    keys and values [rows, kv heads, T, D] at slots start..start+T-1 and attend to slots 0..start+T-1; a prefill
+    from slot 0 attends to its own keys and values directly, in the cache's dtype."""
+
+    def store(layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = k.to(cache.k.dtype), v.to(cache.v.dtype)
+        end = start + k.shape[2]
+        cache.k[layer, rows, :, start:end] = k
+        cache.v[layer, rows, :, start:end] = v
+        if start == 0:
+            return k, v
+        return cache.k[layer, rows, :, :end], cache.v[layer, rows, :, :end]
+
+    return store
+
+
 class StaticEngine:
     """What the static-cache engines share: the cache and the two ways of filling it.
 
@@ -102,7 +122,7 @@ class StaticEngine:
         allowed = (causal[None] & self.valid[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=ids.device)
         wide = self._wide(ids)
         masks = self._masks(allowed[:, None], torch.arange(width, device=ids.device), width)
-        hidden = self._run(self._inputs(ids, positions, wide), positions, self._shared_store(0), masks, wide)
+        hidden = self._run(self._inputs(ids, positions, wide), positions, _slot_store(self.cache, ALL, 0), masks, wide)
         self.position = positions[:, -1]
         return self._logits(hidden[:, -1])  # [B, V]
 
@@ -112,24 +132,10 @@ class StaticEngine:
         positions = self.position[:, None]
         masks = self._masks(self.valid[:, None, None, : self.slot + 1],
                             torch.tensor([self.slot], device=tokens.device), self.slot + 1)
-        hidden = self._run(self._inputs(tokens[:, None], positions, False), positions, self._shared_store(self.slot),
-                           masks, False)
+        hidden = self._run(self._inputs(tokens[:, None], positions, False), positions,
+                           _slot_store(self.cache, ALL, self.slot), masks, False)
         self.slot += 1
         return self._logits(hidden[:, -1])
-
-    def _shared_store(self, start: int):
-        """Every row writes slots start..; a prefill (start 0) attends to its own keys and values directly."""
-        cache = self.cache
-
-        def store(layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            end = start + k.shape[2]
-            cache.k[layer, :, :, start:end] = k
-            cache.v[layer, :, :, start:end] = v
-            if start == 0:
-                return k.to(cache.k.dtype), v.to(cache.v.dtype)
-            return cache.k[layer, :, :, :end], cache.v[layer, :, :, :end]
-
-        return store
 
     # ------------------------------------------------------------------ rows of their own (continuous batching)
     def new_cache(self, rows: int, slots: int, device: torch.device | str = "cpu") -> KVSlots:
@@ -154,17 +160,10 @@ class StaticEngine:
         slots = torch.arange(start, end, device=device)
         positions = slots[None].expand(len(chunks), width)
 
-        def store(layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            cache.k[layer, index, :, start:end] = k.to(cache.k.dtype)
-            cache.v[layer, index, :, start:end] = v.to(cache.v.dtype)
-            if start == 0:
-                return k.to(cache.k.dtype), v.to(cache.v.dtype)
-            return cache.k[layer, index, :, :end], cache.v[layer, index, :, :end]
-
         causal = torch.arange(end, device=device)[None] <= slots[:, None]  # [T, S]
         wide = self._wide(ids)
         masks = self._masks(causal[None, None], slots, end)
-        hidden = self._run(self._inputs(ids, positions, wide), positions, store, masks, wide)
+        hidden = self._run(self._inputs(ids, positions, wide), positions, _slot_store(cache, index, start), masks, wide)
         last = torch.tensor([len(c) - 1 for c in chunks], device=device)
         return self._logits(hidden[torch.arange(len(chunks), device=device), last])
 
@@ -177,16 +176,13 @@ class StaticEngine:
         lens = torch.tensor(lengths, device=device)
         index = torch.arange(count, device=device)
 
-        same = len(set(lengths)) == 1  # one row, or rows in step: a slice, cheaper than a scatter per layer
-
-        def store(layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            if same:
-                cache.k[layer, :count, :, end - 1] = k[:, :, 0].to(cache.k.dtype)
-                cache.v[layer, :count, :, end - 1] = v[:, :, 0].to(cache.v.dtype)
-            else:
+        if len(set(lengths)) == 1:  # one row, or rows in step: a slice, cheaper than a scatter per layer
+            store = _slot_store(cache, slice(0, count), end - 1)
+        else:
+            def store(layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 cache.k[layer, index, :, lens] = k[:, :, 0].to(cache.k.dtype)
                 cache.v[layer, index, :, lens] = v[:, :, 0].to(cache.v.dtype)
-            return cache.k[layer, :count, :, :end], cache.v[layer, :count, :, :end]
+                return cache.k[layer, :count, :, :end], cache.v[layer, :count, :, :end]
 
         visible = (torch.arange(end, device=device)[None] <= lens[:, None])[:, None, None]  # [B, 1, 1, S]
         positions = lens[:, None]
