@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections import deque
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -52,7 +55,8 @@ class GenerationObserver:
 
     def __init__(self, metrics: ServerMetrics, model: str) -> None:
         self.m, self.model = metrics, model
-        self._steps: list[tuple[float, int]] = []  # (time, rows decoded) in the last WINDOW seconds
+        self._steps: deque[tuple[float, int]] = deque()  # (time, rows decoded) in the last WINDOW seconds
+        self._decoded = 0  # rows decoded over those steps
 
     def queue(self, waiting: int, running: int) -> None:
         self.m.waiting.labels(self.model).set(waiting)
@@ -69,12 +73,11 @@ class GenerationObserver:
         self.m.generation_tokens.labels(self.model).inc(generated)
 
     def step(self, rows: int) -> None:
-        import time
-
         now = time.monotonic()
         self._steps.append((now, rows))
-        while self._steps and self._steps[0][0] < now - self.WINDOW:
-            self._steps.pop(0)
+        self._decoded += rows
+        while self._steps[0][0] < now - self.WINDOW:
+            self._decoded -= self._steps.popleft()[1]
         span = max(now - self._steps[0][0], 1.0)
-        self.m.tokens_per_second.labels(self.model).set(sum(r for _, r in self._steps) / span)
+        self.m.tokens_per_second.labels(self.model).set(self._decoded / span)
         self.m.batch_size.labels(self.model).observe(rows)
