@@ -97,6 +97,9 @@ class CausalLMObjective(torch.nn.Module):
         head = self.model.get_output_embeddings()
         hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # position t predicts token t + 1
         targets = labels[:, 1:].reshape(-1)
+        keep = targets != -100
+        if not bool(keep.all()):  # a prompt, padding: no loss there, so no head either (the head of a 262k
+            hidden, targets = hidden[keep], targets[keep]  # vocabulary costs more than the body per token)
         chunk = self.chunk or CHUNK_TOKENS.get(hidden.device.type, 4096)
         loss = ChunkedLinearCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk)
         return CausalLMOutput(loss)
