@@ -16,7 +16,11 @@ APT_GET ?= apt-get
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 INSTALL_CHROMIUM := $(strip $(SUDO) $(APT_GET) update && $(SUDO) $(APT_GET) install -y --no-install-recommends chromium fonts-dejavu-core)
 
-.PHONY: demo test lint install install-dev browser bench clean
+# The PostgreSQL store's tests (tests/kb/test_stores.py) start Debian's server on a temp folder; `make test` installs
+# it when missing and they fail, not skip, without it.
+INSTALL_POSTGRES := $(strip $(SUDO) $(APT_GET) update && $(SUDO) $(APT_GET) install -y --no-install-recommends postgresql)
+
+.PHONY: demo test lint install install-dev browser postgres bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,11 +57,21 @@ browser:
 	  echo "error: the browser tests need Debian's chromium, which could not be installed; install it with" >&2; \
 	  echo "  $(INSTALL_CHROMIUM)" >&2; exit 1; }
 
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing Debian's PostgreSQL for the KB store tests: $(INSTALL_POSTGRES)" && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive $(APT_GET) update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq --no-install-recommends \
+	    postgresql >/dev/null && \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || { \
+	  echo "error: the KB store tests need Debian's PostgreSQL, which could not be installed; install it with" >&2; \
+	  echo "  $(INSTALL_POSTGRES)" >&2; exit 1; }
+
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
-test: $(DEV_STAMP) browser lint
-	LMFORGE_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q
+test: $(DEV_STAMP) browser postgres lint
+	LMFORGE_REQUIRE_BROWSER=1 LMFORGE_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q
 
 bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/run_all.py

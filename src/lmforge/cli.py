@@ -236,7 +236,11 @@ def models_list(
     Console(width=220).print(table)
 
 
-KB_ARG = Annotated[Path, typer.Argument(help="knowledge base folder (lmforge kb build)", metavar="KB")]
+KB_ARG = Annotated[Path, typer.Argument(help="knowledge base folder (lmforge kb build), or with --store its name",
+                                        metavar="KB")]
+STORE_HELP = ("keep the KB in PostgreSQL (postgresql://user@host/db), shared by every server that names it; KB is "
+              "then its name there (default: KB is a folder)")
+KB_STORE = Annotated[str | None, typer.Option("--store", metavar="URL", envvar="LMFORGE_KB_STORE", help=STORE_HELP)]
 KB_MODE = Annotated[str, typer.Option("--mode", metavar="MODE", help="bm25 (words), dense (meaning: sentence vectors) "
                                       "or hybrid (both, reciprocal-rank fusion)")]
 
@@ -244,10 +248,12 @@ KB_MODE = Annotated[str, typer.Option("--mode", metavar="MODE", help="bm25 (word
 @kb_app.command("build")
 def kb_build(
     docs: Annotated[list[str], typer.Option("--docs", metavar="DOCS", help="passages: a .jsonl/.csv/.tsv/.parquet "
-                                            "file with 'text' (and optional 'id', 'title') or a bundled name, e.g. "
-                                            "python-docs-kb; repeatable")],
-    out: Annotated[Path, typer.Option("--out", metavar="KB", help="the KB folder: made if missing; an existing KB "
-                                      "gets only the passages whose ids it does not hold")],
+                                            "file with 'text' (and optional 'id', 'title'), a bundled name (e.g. "
+                                            "python-docs-kb), or a folder of documents (text, Markdown, reST, HTML "
+                                            "and passage files); repeatable")],
+    out: Annotated[Path, typer.Option("--out", metavar="KB", help="the KB folder (or with --store its name): made if "
+                                      "missing; an existing KB gets only the passages whose ids it does not hold")],
+    store: KB_STORE = None,
     model: Annotated[str, typer.Option("--model", metavar="MODEL", help="sentence-embedding encoder (new KBs)")] = "minilm",
     max_length: Annotated[int, typer.Option("--max-length", min=16, max=512, metavar="N",
                                             help="tokens of each passage embedded (new KBs; BM25 reads all of it)")] = 128,
@@ -256,14 +262,15 @@ def kb_build(
                                            "(new KBs)")] = "int8",
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
-    """Build a knowledge base (or add documents to one): passages in SQLite with a BM25 full-text index, and their
-    sentence vectors (float16, memory-mapped)."""
+    """Build a knowledge base (or add documents to one): passages with a full-text index and their sentence
+    vectors, in a folder (SQLite + a memory-mapped file) or PostgreSQL (--store). All or nothing: readers see the new
+    passages when the build ends, none if it fails or is killed."""
     from lmforge.inference.encoder import keep_freed_memory
     from lmforge.kb import KnowledgeBase, check_docs
 
     check_docs(docs)
     keep_freed_memory()
-    result = KnowledgeBase.build(out, docs, model=model, max_length=max_length, precision=precision,
+    result = KnowledgeBase.build(out, docs, store=store, model=model, max_length=max_length, precision=precision,
                                  show_progress=_state["progress"])
     if as_json:
         _echo_json(result)
@@ -273,10 +280,10 @@ def kb_build(
                f"(embedding {result['embed_s']} s, {result['precision']})")
 
 
-def _open_kb(folder: Path):
+def _open_kb(kb: Path, store: str | None):
     from lmforge.kb import KnowledgeBase
 
-    return KnowledgeBase.open(folder)
+    return KnowledgeBase.open(kb, store)
 
 
 @kb_app.command("search")
@@ -286,9 +293,10 @@ def kb_search(
     k: Annotated[int, typer.Option("--k", min=1, max=100, metavar="N", help="passages to return")] = 5,
     mode: KB_MODE = "hybrid",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON lines, one per hit")] = False,
+    store: KB_STORE = None,
 ) -> None:
     """The passages that best match a question: id, title, score and text of each."""
-    base = _open_kb(kb)
+    base = _open_kb(kb, store)
     hits = base.search(query, k=k, mode=mode)
     for hit in hits:
         if as_json:
@@ -312,13 +320,14 @@ def kb_ask(
                                                   help="below this the answer is 'not found in the knowledge base'")] = 0.3,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, max=2048, metavar="N")] = 256,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object (answer, citations, passages)")] = False,
+    store: KB_STORE = None,
 ) -> None:
     """Answer from the knowledge base: retrieve passages, let the reader answer from them only, with citations.
     The answer streams as it is written."""
     from lmforge.kb.ask import ask, reader_kind
     from lmforge.stages import load
 
-    base = _open_kb(kb)
+    base = _open_kb(kb, store)
     pipeline = load(reader)
     reader_kind(pipeline)
     result: dict = {}
@@ -541,13 +550,15 @@ def evaluate(
                                                  "metrics, e.g. code)")] = None,
     shots: Annotated[int | None, typer.Option("--shots", min=0, max=16, metavar="K", help=SHOTS_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object of metrics on stdout")] = False,
+    store: Annotated[str | None, typer.Option("--store", metavar="URL", help="a knowledge base in PostgreSQL: RUN is "
+                                              "its name there (retrieval on question/answer pairs)")] = None,
 ) -> None:
     """Evaluate a run with its task's metrics (classification: accuracy/F1; LMs: perplexity; code: pass@1, ...);
     writes RUN/eval.json."""
     from lmforge.stages import evaluate as run_evaluation
 
     result = run_evaluation(run, data, task=task, text_field=text_field, label_field=label_field,
-                            batch_size=batch_size, limit=limit, shots=shots)
+                            batch_size=batch_size, limit=limit, shots=shots, store=store)
     if as_json:
         _echo_json(result)
         return
@@ -972,7 +983,7 @@ def _serve_command() -> Callable:
         if settings.kb is not None:
             from lmforge.kb.store import read_meta
 
-            read_meta(settings.kb)  # a clear error before the port opens, not a server that never gets ready
+            read_meta(settings.kb, settings.kb_store)  # a clear error before the port opens, not a server that never gets ready
         specs = check_servable(values["runs"] or [])
         check_port_free(settings.host, settings.port)
         run_server(specs, settings, on_started=lambda url: typer.echo(

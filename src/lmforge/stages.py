@@ -61,7 +61,7 @@ class ModelFolder(RunDir):
 
 def evaluate(run: str | Path, data: str | None = None, *, task: str | None = None, text_field: str | None = None,
              label_field: str | None = None, batch_size: int = 64, limit: int | None = None,
-             shots: int | None = None, write: bool = True) -> dict:
+             shots: int | None = None, store: str | None = None, write: bool = True) -> dict:
     """Score a run with its task's metrics (or ``task``'s); writes ``RUN/eval.json`` (and the task's plots) and
     returns the metrics. ``run`` may also be any model lmforge loads (e.g. ``smollm2``, zero-shot): then ``task``
     says which evaluation (default: the one its architecture maps to) and nothing is written."""
@@ -71,12 +71,12 @@ def evaluate(run: str | Path, data: str | None = None, *, task: str | None = Non
                           limit=limit, shots=shots)
     from lmforge.kb.store import is_kb
 
-    if is_kb(run):  # a knowledge base: retrieval quality on question -> answer pairs
+    if store or is_kb(run):  # a knowledge base (``store``: the KB named ``run`` there): retrieval on Q -> A pairs
         from lmforge.kb.evaluate import evaluate_kb
 
-        result = {**evaluate_kb(run, data or "python-faq", question_field=text_field, answer_field=label_field,
-                                limit=limit), "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        if write:
+        result = {**evaluate_kb(run, data or "python-faq", store=store, question_field=text_field,
+                                answer_field=label_field, limit=limit), "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if write and not store:
             write_json(Path(run) / "eval.json", result)
         return result
     if (Path(run) / RUN_FILE).exists():

@@ -81,4 +81,5 @@ def test_make_test_requires_the_browser_tests(tmp_path):
     plan = subprocess.run(["make", "-n", "-C", str(ROOT), "test"], capture_output=True, text=True, timeout=60,
                           check=False)
     assert "LMFORGE_REQUIRE_BROWSER=1" in plan.stdout and "pytest" in plan.stdout
+    assert "LMFORGE_REQUIRE_POSTGRES=1" in plan.stdout  # and the PostgreSQL store tests
     assert "command -v chromium" in plan.stdout  # the browser rule runs first

@@ -8,18 +8,17 @@ same KB adds only passages whose ids it does not hold. Storage is behind :class:
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
 from lmforge.data.readers import Problems, read_records, resolve
 from lmforge.errors import DataError, LmforgeError
-from lmforge.kb.store import DB, META, VECTORS, LocalStore, Passage, is_kb, read_meta
+from lmforge.kb.store import Passage, PassageStore, is_kb, open_store, read_meta  # noqa: F401 - is_kb, read_meta: the API
 
 log = logging.getLogger("lmforge")
 
@@ -51,7 +50,17 @@ def kb_precision(meta: dict) -> str:
 
 def read_passages(spec: str) -> list[Passage]:
     """Passages from a .jsonl/.csv/.tsv/.parquet file or bundled dataset: ``text`` required; ``id`` (default
-    ``file:line``) and ``title`` optional. Every problem is reported with its file and line."""
+    ``file:line``) and ``title`` optional. Every problem is reported with its file and line. A folder is read as
+    documents (:mod:`lmforge.kb.documents`)."""
+    return read_docs(spec)[0]
+
+
+def read_docs(spec: str) -> tuple[list[Passage], list[str]]:
+    """(passages, a line per file skipped) of a ``--docs`` spec: a passage file, a bundled name or a folder."""
+    if Path(spec).expanduser().is_dir():
+        from lmforge.kb.documents import read_folder
+
+        return read_folder(Path(spec).expanduser(), lambda path: read_passages(str(path)))
     source = resolve(spec)
     problems = Problems()
     passages = []
@@ -73,79 +82,94 @@ def read_passages(spec: str) -> list[Passage]:
                                 title.strip(), text.strip()))
     problems.raise_if_any(f"cannot read passages from {spec}",
                           fix="each row needs a 'text' field; 'id' and 'title' are optional")
-    return passages
+    return passages, []
 
 
 class KnowledgeBase:
-    """A KB folder: open an existing one with :meth:`open`, make or extend one with :meth:`build`."""
+    """A knowledge base in a :class:`~lmforge.kb.store.PassageStore`: open one with :meth:`open`, make or extend one
+    with :meth:`build`."""
 
-    def __init__(self, folder: Path, meta: dict, embedder=None) -> None:
-        self.folder, self.meta = Path(folder), meta
-        self.store = LocalStore(self.folder, int(meta["dim"]))
+    def __init__(self, store: PassageStore, embedder=None) -> None:
+        self.store = store
+        self.meta = store.meta()
         self._embedder = embedder
 
     @classmethod
-    def open(cls, folder: str | Path) -> KnowledgeBase:
-        return cls(Path(folder), read_meta(Path(folder)))
+    def open(cls, kb: str | Path, store: str | None = None) -> KnowledgeBase:
+        """The KB folder ``kb``, or with ``store`` (a PostgreSQL URL) the KB named ``kb`` in that database."""
+        return cls(open_store(kb, store))
+
+    @property
+    def where(self) -> str:
+        return self.store.where
 
     @classmethod
-    def build(cls, folder: str | Path, docs: list[str], *, model: str = "minilm",
+    def build(cls, kb: str | Path, docs: list[str], *, store: str | None = None, model: str = "minilm",
               max_length: int = EMBED_MAX_LENGTH, precision: str = "int8", show_progress: bool = True) -> dict:
-        """Add the passages of ``docs`` to the KB at ``folder`` (made if missing); passages whose id it already
-        holds are skipped, so only new ones are embedded. Returns counts and timings."""
+        """Add the passages of ``docs`` to the KB ``kb`` (made if missing); passages whose id it already holds are
+        skipped, so only new ones are embedded. All or nothing: a build that fails or is killed adds none, and a
+        second build of the same KB at the same time fails at once. Returns counts and timings."""
         from lmforge.kb.embed import SentenceEmbedder
 
         started = time.perf_counter()
         if precision not in PRECISIONS:
             raise LmforgeError(f"unknown precision '{precision}'", where="--precision",
                                fix=f"use one of {', '.join(PRECISIONS)}")
-        folder = Path(folder)
-        if folder.exists() and not is_kb(folder) and any(folder.iterdir()):
-            raise LmforgeError(f"'{folder}' exists and is not a knowledge base", where="--out",
-                               fix="give a new folder, or the folder of a KB to add to")
-        passages = [p for spec in docs for p in read_passages(spec)]
-        if is_kb(folder):
-            kb = cls.open(folder)
-            if (max_length, model, precision) != (kb.meta["max_length"], kb.meta["model"], kb_precision(kb.meta)):
-                log.info("adding with the KB's own embedding settings (%s, %d tokens, %s)", kb.meta["model"],
-                         kb.meta["max_length"], kb_precision(kb.meta))
+        target = open_store(kb, store)
+        if not store:
+            from lmforge.kb.local import leftovers_only
+
+            folder = Path(kb)
+            if folder.exists() and (not folder.is_dir() or not target.exists() and not leftovers_only(folder)):
+                raise LmforgeError(f"'{folder}' exists and is not a knowledge base", where="--out",
+                                   fix="give a new folder, or the folder of a KB to add to")
+        passages, skipped_files = [], []
+        for spec in docs:
+            found, skipped = read_docs(spec)
+            passages += found
+            skipped_files += skipped
+        meta = None
+        if target.exists():
+            base = cls(target)
+            if (max_length, model, precision) != (base.meta["max_length"], base.meta["model"], kb_precision(base.meta)):
+                log.info("adding with the KB's own embedding settings (%s, %d tokens, %s)", base.meta["model"],
+                         base.meta["max_length"], kb_precision(base.meta))
         else:
             embedder = SentenceEmbedder(model, max_length=max_length, precision=precision)
-            folder.mkdir(parents=True, exist_ok=True)
             meta = {"format": 1, "model": model, "dim": embedder.dim, "max_length": embedder.max_length,
                     "precision": embedder.precision, "pooling": "mean, normalized",
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            (folder / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-            kb = cls(folder, meta, embedder)
+            base = cls.__new__(cls)
+            base.store, base.meta, base._embedder = target, meta, embedder
         seen: set[str] = set()
         fresh = []
         for p in passages:  # a repeated id within the new documents: the first one counts
             if p.id not in seen:
                 seen.add(p.id)
                 fresh.append(p)
-        known = kb.store.known([p.id for p in fresh])
+        known = target.known([p.id for p in fresh]) if meta is None else set()
         new = [p for p in fresh if p.id not in known]
-        embed_s = kb._add(new, show_progress)
-        result = {"kb": str(folder), "read": len(passages), "added": len(new), "skipped": len(passages) - len(new),
-                  "precision": kb_precision(kb.meta),
-                  "passages": kb.store.count, "embed_s": round(embed_s, 1),
-                  "seconds": round(time.perf_counter() - started, 1), "size_mb": round(kb.size_bytes() / 1e6, 1)}
-        kb.close()
+        embed_s = base._add(new, show_progress, meta=meta)
+        result = {"kb": target.where, "read": len(passages), "added": len(new), "skipped": len(passages) - len(new),
+                  "skipped_files": skipped_files, "precision": kb_precision(base.meta),
+                  "passages": target.count, "embed_s": round(embed_s, 1),
+                  "seconds": round(time.perf_counter() - started, 1), "size_mb": round(target.size_bytes() / 1e6, 1)}
+        target.close()
         return result
 
-    def _add(self, passages: list[Passage], show_progress: bool) -> float:
+    def _add(self, passages: list[Passage], show_progress: bool, meta: dict | None = None) -> float:
+        """Embed and store ``passages`` in one write (``meta``: the new KB's settings)."""
         from lmforge.data.progress import track
 
-        if not passages:
-            return 0.0
         started = time.perf_counter()
-        chunk = 512  # embed and store a chunk at a time: an interrupted build keeps what it finished
+        if not passages and meta is None:
+            return 0.0
+        chunk = 256  # embedded a chunk at a time (progress, bounded memory); stored in one write
         chunks = [passages[i : i + chunk] for i in range(0, len(passages), chunk)]
-        total = sum(len(p.text) for p in passages)
-        for part in track(chunks, total, "embedding passages", size=lambda c: sum(len(p.text) for p in c),
-                          enabled=show_progress, every=15.0):
-            vectors = self.embedder.embed([self.as_text(p) for p in part])
-            self.store.add(part, vectors)
+        with self.store.writing(meta) as add:
+            for part in track(chunks, len(passages), "embedding passages", enabled=show_progress and bool(passages),
+                              every=15.0, unit="passages"):
+                add(part, self.embedder.embed([self.as_text(p) for p in part]))
         return time.perf_counter() - started
 
     @staticmethod
@@ -165,14 +189,20 @@ class KnowledgeBase:
         return self._embedder
 
     def size_bytes(self) -> int:
-        return sum((self.folder / f).stat().st_size for f in (DB, VECTORS, META) if (self.folder / f).exists())
+        return self.store.size_bytes()
 
     def add(self, passages: list[Passage]) -> int:
-        """Add passages (ids it holds are skipped); returns how many were added."""
+        """Add passages (ids it holds are skipped) in one write; returns how many were added."""
         known = self.store.known([p.id for p in passages])
         new = [p for p in passages if p.id not in known]
         self._add(new, show_progress=False)
         return len(new)
+
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[KnowledgeBase]:
+        """A throwaway copy of this KB (same embedder) to add to: evaluation adds its answers there."""
+        with self.store.scratch() as copy:
+            yield KnowledgeBase(copy, self._embedder)
 
     def search(self, query: str, k: int = 5, mode: Mode = "hybrid") -> list[Hit]:
         """The ``k`` best passages for ``query``."""
@@ -191,9 +221,9 @@ class KnowledgeBase:
             for found in (self.store.bm25(query, depth), self.store.nearest(vector, depth)):
                 for rank, (row, _) in enumerate(found, 1):
                     fused[row] = fused.get(row, 0.0) + 1.0 / (RRF_K + rank)
-            ranked = sorted(fused.items(), key=lambda item: -item[1])[:k]
+            ranked = sorted(fused.items(), key=lambda item: (-item[1], item[0]))[:k]
         rows = [row for row, _ in ranked]
-        similarity = self.store.vectors[rows].astype(np.float32) @ vector if rows else []
+        similarity = self.store.vectors_of(rows) @ vector if rows else []
         return [Hit(p.id, p.title, p.text, float(score), float(sim), rank)
                 for rank, (p, (_, score), sim) in enumerate(zip(self.store.fetch(rows), ranked, similarity), 1)]
 

@@ -7,8 +7,6 @@ dense, hybrid): recall@1/5/10, MRR@10 and the query latency (p50, p99).
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import numpy as np
 
 from lmforge.data.readers import Problems, read_records, resolve
 from lmforge.kb import MODES, KnowledgeBase, kb_precision
-from lmforge.kb.store import DB, META, VECTORS, Passage, read_meta
+from lmforge.kb.store import Passage
 
 KS = (1, 5, 10)
 
@@ -38,27 +36,22 @@ def read_qa_pairs(spec: str, question_field: str = "question", answer_field: str
     return pairs
 
 
-def evaluate_kb(folder: str | Path, data: str = "python-faq", *, question_field: str | None = None,
+def evaluate_kb(kb: str | Path, data: str = "python-faq", *, store: str | None = None, question_field: str | None = None,
                 answer_field: str | None = None, limit: int | None = None) -> dict:
-    folder = Path(folder)
-    meta = read_meta(folder)
     pairs = read_qa_pairs(data, question_field or "question", answer_field or "answer")[: limit or None]
-    with tempfile.TemporaryDirectory(prefix="lmforge-kb-eval-") as scratch:
-        copy = Path(scratch)
-        for name in (DB, VECTORS, META):
-            if (folder / name).exists():
-                shutil.copy2(folder / name, copy / name)
-        kb = KnowledgeBase(copy, meta)
+    base = KnowledgeBase.open(kb, store)
+    meta = base.meta
+    with base.scratch() as copy:  # the answers go into a throwaway copy: the KB itself is left as it was
         gold = [f"eval:{i}" for i in range(len(pairs))]
         started = time.perf_counter()
-        added = kb.add([Passage(g, p["title"], p["answer"]) for g, p in zip(gold, pairs)])
+        added = copy.add([Passage(g, p["title"], p["answer"]) for g, p in zip(gold, pairs)])
         add_s = time.perf_counter() - started
         modes = {}
         for mode in MODES:
             ranks, latencies = [], []
             for pair, want in zip(pairs, gold):
                 t = time.perf_counter()
-                hits = kb.search(pair["question"], k=max(KS), mode=mode)
+                hits = copy.search(pair["question"], k=max(KS), mode=mode)
                 latencies.append(time.perf_counter() - t)
                 ids = [h.id for h in hits]
                 ranks.append(ids.index(want) + 1 if want in ids else None)
@@ -68,8 +61,8 @@ def evaluate_kb(folder: str | Path, data: str = "python-faq", *, question_field:
                 "latency_p50_ms": float(np.percentile(latencies, 50) * 1000),
                 "latency_p99_ms": float(np.percentile(latencies, 99) * 1000),
             }
-        passages = kb.store.count
-        kb.close()
-    return {"run": str(folder), "task": "kb", "data": data, "n": len(pairs), "passages": passages,
+        passages = copy.store.count
+    base.close()
+    return {"run": base.where, "task": "kb", "data": data, "n": len(pairs), "passages": passages,
             "answers_added": added, "embed_answers_s": round(add_s, 1), "model": meta["model"],
             "embed_max_length": meta["max_length"], "embed_precision": kb_precision(meta), "modes": modes}

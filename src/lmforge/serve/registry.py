@@ -70,7 +70,7 @@ class ModelRegistry:
             if self.settings.kb is not None:
                 from lmforge.kb import KnowledgeBase
 
-                self.kb = KnowledgeBase.open(self.settings.kb)
+                self.kb = KnowledgeBase.open(self.settings.kb, self.settings.kb_store)
                 self.kb.embedder  # noqa: B018 - loads the encoder now, not on the first question
             for served in self.models.values():
                 started = time.monotonic()

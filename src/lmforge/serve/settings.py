@@ -48,3 +48,6 @@ class ServeSettings(BaseSettings):
     max_prompt_tokens: int | None = Field(None, ge=1, description="cap on prompt tokens (default: the model's context)")
     kb: Path | None = Field(None, description="a knowledge base (lmforge kb build) to answer /v1/kb/search and "
                             "/v1/kb/ask from; the served chat or QA models read it")
+    kb_store: str | None = Field(None, description="the --kb is in PostgreSQL (postgresql://user@host/db) and --kb "
+                                 "is its name there: replicas that name the same one share it",
+                                 json_schema_extra={"flag": "--store"})
