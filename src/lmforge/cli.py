@@ -981,7 +981,7 @@ def _serve_command() -> Callable:
             raise LmforgeError("nothing to serve", fix="give run dirs or models, e.g. lmforge serve runs/sentiment "
                                "smollm2 (and/or --kb KB)")
         if settings.kb is not None:
-            from lmforge.kb.store import read_meta
+            from lmforge.kb.location import read_meta
 
             read_meta(settings.kb, settings.kb_store)  # a clear error before the port opens, not a server that never gets ready
         specs = check_servable(values["runs"] or [])

@@ -69,7 +69,7 @@ def evaluate(run: str | Path, data: str | None = None, *, task: str | None = Non
 
     options = EvalOptions(data=data, text_field=text_field, label_field=label_field, batch_size=batch_size,
                           limit=limit, shots=shots)
-    from lmforge.kb.store import is_kb
+    from lmforge.kb.location import is_kb
 
     if store or is_kb(run):  # a knowledge base (``store``: the KB named ``run`` there): retrieval on Q -> A pairs
         from lmforge.kb.evaluate import evaluate_kb

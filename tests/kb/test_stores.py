@@ -107,7 +107,7 @@ def test_question_text_that_looks_like_query_syntax_is_searched_as_text(place, r
 @both
 def test_a_second_build_at_the_same_time_fails_at_once_naming_the_kb(place, rows, tmp_path, cli):
     from lmforge.kb import KnowledgeBase
-    from lmforge.kb.store import open_store
+    from lmforge.kb.location import open_store
 
     kb, store = place
     docs = str(write_jsonl(tmp_path / "docs.jsonl", rows[:5]))
@@ -142,7 +142,7 @@ def _kill_during_embedding(args: list[str]) -> None:
 @both
 def test_a_build_killed_half_way_leaves_the_kb_as_it_was(place, rows, tmp_path, cli):
     from lmforge.kb import KnowledgeBase
-    from lmforge.kb.store import is_kb
+    from lmforge.kb.location import is_kb
 
     kb, store = place
     many = str(write_jsonl(tmp_path / "many.jsonl", read_jsonl_gz(DOCS, 3000)))

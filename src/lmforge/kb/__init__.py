@@ -18,7 +18,8 @@ from typing import Literal
 
 from lmforge.data.readers import Problems, read_records, resolve
 from lmforge.errors import DataError, LmforgeError
-from lmforge.kb.store import Passage, PassageStore, is_kb, open_store, read_meta  # noqa: F401 - is_kb, read_meta: the API
+from lmforge.kb.location import is_kb, open_store, read_meta  # noqa: F401 - is_kb, read_meta: the API
+from lmforge.kb.store import Passage, PassageStore
 
 log = logging.getLogger("lmforge")
 
