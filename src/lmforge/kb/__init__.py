@@ -90,9 +90,10 @@ class KnowledgeBase:
     """A knowledge base in a :class:`~lmforge.kb.store.PassageStore`: open one with :meth:`open`, make or extend one
     with :meth:`build`."""
 
-    def __init__(self, store: PassageStore, embedder=None) -> None:
+    def __init__(self, store: PassageStore, embedder=None, meta: dict | None = None) -> None:
+        """``meta``: the settings of a KB being made (not in the store until its first write ends)."""
         self.store = store
-        self.meta = store.meta()
+        self.meta = store.meta() if meta is None else meta
         self._embedder = embedder
 
     @classmethod
@@ -140,8 +141,7 @@ class KnowledgeBase:
             meta = {"format": 1, "model": model, "dim": embedder.dim, "max_length": embedder.max_length,
                     "precision": embedder.precision, "pooling": "mean, normalized",
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            base = cls.__new__(cls)
-            base.store, base.meta, base._embedder = target, meta, embedder
+            base = cls(target, embedder, meta)
         seen: set[str] = set()
         fresh = []
         for p in passages:  # a repeated id within the new documents: the first one counts

@@ -26,6 +26,7 @@ from lmforge.kb.store import AddPassages, Passage, busy, not_a_kb, query_words, 
 DB, VECTORS, META, LOCK = "kb.sqlite", "vectors.f16", "kb.json", ".lock"
 OWN_FILES = (DB, VECTORS, META, LOCK, DB + "-journal", META + ".tmp")  # what a KB folder (or a killed build) holds
 FLOAT32_CACHE_BYTES = 256 << 20  # vectors up to this size (in float32: ~170k x 384) are searched from memory
+COUNT = "SELECT COALESCE(MAX(row) + 1, 0) FROM passages"  # rows committed (rows are 0..n-1)
 SCHEMA = ("CREATE TABLE IF NOT EXISTS passages (row INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, "
           "title TEXT NOT NULL, text TEXT NOT NULL);"
           "CREATE VIRTUAL TABLE IF NOT EXISTS passages_fts USING fts5(title, text, content='passages', "
@@ -68,7 +69,7 @@ class LocalStore:
         """Rows committed, asked again each time (a build in another process may have added some since)."""
         if not (self.folder / DB).exists():
             return 0
-        count = self.db.execute("SELECT COALESCE(MAX(row) + 1, 0) FROM passages").fetchone()[0]
+        count = self.db.execute(COUNT).fetchone()[0]
         if count != self._count:
             self._count, self._vectors, self._float32 = count, None, None
         return count
@@ -101,7 +102,7 @@ class LocalStore:
                 self.close()
             db = _connect(self.folder / DB)
             db.executescript(SCHEMA)
-            start = db.execute("SELECT COALESCE(MAX(row) + 1, 0) FROM passages").fetchone()[0]
+            start = db.execute(COUNT).fetchone()[0]
             width = int((meta or self.meta())["dim"]) * 2
             path = self.folder / VECTORS
             with open(path, "ab") as fh:  # vectors no passage owns (a build that died) are dropped

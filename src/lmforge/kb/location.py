@@ -3,6 +3,7 @@ database (:mod:`lmforge.kb.postgres`)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from lmforge.errors import LmforgeError
@@ -30,22 +31,12 @@ def open_store(kb: str | Path, store: str | None = None) -> PassageStore:
 
 
 def is_kb(kb: str | Path, store: str | None = None) -> bool:
-    """Whether ``kb`` names a finished knowledge base (a cheap check: a local folder's files; with a store, asks it)."""
-    if not store:
-        from lmforge.kb.local import DB, META
-
-        return (Path(kb) / META).is_file() and (Path(kb) / DB).is_file()
-    found = open_store(kb, store)
-    try:
+    """Whether ``kb`` names a finished knowledge base (a local folder: its files, no connection; a store: asks it)."""
+    with contextlib.closing(open_store(kb, store)) as found:
         return found.exists()
-    finally:
-        found.close()
 
 
 def read_meta(kb: str | Path, store: str | None = None) -> dict:
     """A knowledge base's settings (its embedding model, vector size, ...); a clear error where there is none."""
-    found = open_store(kb, store)
-    try:
+    with contextlib.closing(open_store(kb, store)) as found:
         return found.meta()
-    finally:
-        found.close()

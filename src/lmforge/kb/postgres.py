@@ -200,9 +200,9 @@ class PostgresStore:
         return int(self._rows("SELECT pg_total_relation_size(%s)", (self.table,))[0][0] or 0)
 
     def close(self) -> None:
-        if self._conn is not None and self._own:
+        if self._own and self._conn is not None:  # a view on a build's connection leaves it to the build
             self._conn.close()
-        self._conn = None if self._own else self._conn
+            self._conn = None
 
 
 class _Scratch(PostgresStore):
